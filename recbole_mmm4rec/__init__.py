@@ -1,0 +1,17 @@
+"""recbole-mmm4rec: MMM4Rec and friends as RecBole plugin models.
+
+Importing the package applies the RecBole/NumPy/pandas/torch compatibility fixes (``compat``) and
+registers the plugin models, datasets and trainers with RecBole, so that RecBole's own entry points
+(``run_recbole``, ``load_data_and_model``, ``create_dataset``) resolve ``--model=MMM4Rec``.
+"""
+
+from recbole_mmm4rec import compat
+
+compat.apply()
+
+from recbole_mmm4rec.quick_start import build_config, register, run  # noqa: E402
+
+register()
+
+__version__ = "0.1.0"
+__all__ = ["run", "build_config", "register"]

@@ -1,0 +1,34 @@
+"""The RecBole dataset that attaches precomputed item features to RecBole's internal item ids."""
+
+import os
+
+from recbole.data.dataset import SequentialDataset
+from recbole.utils import set_color
+
+from recbole_mmm4rec.data.features import FEATURE_SUFFIX, align_features, read_features
+
+MODALITIES = ("text", "image")
+
+
+class MultiModalSequentialDataset(SequentialDataset):
+    """``SequentialDataset`` plus ``item_features``: modality -> (table [n_items, d], present [n_items]).
+
+    Features come from ``<data_path>/<dataset>.features.npz`` (format: ``data/features.py``) and are
+    aligned through the item tokens (``field2id_token['item_id']``), never by row position. Row 0 is
+    RecBole's padding item. A modality absent from the file (e.g. no images) is all missing.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        # RecBole's data_path is already <data_path>/<dataset> here.
+        path = os.path.join(config["data_path"], config["dataset"] + FEATURE_SUFFIX)
+        features = read_features(path)
+        self.item_features = align_features(
+            features, self.field2id_token[self.iid_field], MODALITIES
+        )
+        for modality, (table, present) in self.item_features.items():
+            self.logger.info(
+                set_color(f"{modality} features", "green")
+                + f": dimension {table.shape[1]}, {int(present.sum())} of {len(present) - 1} items"
+                + f" present ({path})"
+            )

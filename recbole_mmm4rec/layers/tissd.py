@@ -1,0 +1,176 @@
+"""TiSSD and TiCoSSD blocks and the MMM4Rec layer built from them.
+
+TiSSD (MMM4Rec eqs. 3-9): a Mamba-2 SSD block whose step size dt is modulated by the time signal.
+TiCoSSD (eqs. 16-17): the cross-modal SSD; x, B and dt come from the text stream u, C from the image
+stream q, the gate z from q + u. ``MMM4RecLayer`` is one (alignment, fusion) pair of eqs. 10-17.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from recbole_mmm4rec.layers.ssd import CausalConv1d, GatedRMSNorm, ssd
+from recbole_mmm4rec.layers.time import DualChannelFourierFilter, TimeAwareStep, TimeGate
+
+
+class SSDParameters(nn.Module):
+    """Per-head SSD parameters with Mamba-2's initialisation: A ~ U[1, 16] (stored as log),
+    dt_bias = softplus^-1(dt) with dt log-uniform in [1e-3, 1e-1], D = 1."""
+
+    def __init__(self, n_heads, dt_min=1e-3, dt_max=1e-1):
+        super().__init__()
+        self.A_log = nn.Parameter(torch.log(torch.empty(n_heads).uniform_(1, 16)))
+        dt = torch.exp(torch.empty(n_heads).uniform_(0, 1) * (torch.log(torch.tensor(dt_max / dt_min)))) * dt_min
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.D = nn.Parameter(torch.ones(n_heads))
+
+    def discretise(self, dt_raw):
+        """dt_raw [B, L, H] -> (dt [B, L, H] > 0, A [H] < 0), the ZOH step of eq. 7."""
+        return F.softplus(dt_raw + self.dt_bias), -torch.exp(self.A_log)
+
+
+class TiSSD(nn.Module):
+    """Time-aware SSD block (MMM4Rec eqs. 3-9).
+
+    x [B, L, D], delta [B, H, L] (None when time is off), mask [B, L] ->
+    (y [B, L, D], delta' [B, H, L] or None). With E = expand * D and H = E / head_dim:
+    in_proj D -> [z (E), x (E), B (G*N), C (G*N), dt (H)]; causal conv + SiLU over [x, B, C];
+    dt <- dt * delta_c (time-aware); SSD (eq. 9); gated RMSNorm(y, z); out_proj E -> D.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        d_model, self.d_inner = config["hidden_size"], config["expand"] * config["hidden_size"]
+        self.head_dim, self.d_state, self.n_groups = config["head_dim"], config["d_state"], config["n_groups"]
+        self.n_heads = self.d_inner // self.head_dim
+        self.chunk_size, self.ssd_mode = config["chunk_size"], config["ssd_mode"]
+        bc_dim = 2 * self.n_groups * self.d_state
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner + bc_dim + self.n_heads)
+        self.conv = CausalConv1d(self.d_inner + bc_dim, config["d_conv"])
+        self.params = SSDParameters(self.n_heads)
+        self.norm = GatedRMSNorm(self.d_inner, config["norm_eps"])
+        self.out_proj = nn.Linear(self.d_inner, d_model)
+        if config["time_aware"]:
+            max_len, dropout = config["MAX_ITEM_LIST_LENGTH"], config["time_dropout_prob"]
+            self.time_step = TimeAwareStep(self.n_heads, max_len, config["d_conv"], dropout)
+            self.time_gate = TimeGate(max_len, dropout, config["norm_eps"])
+
+    def forward(self, x, delta, mask):
+        batch, length, _ = x.shape
+        gn = self.n_groups * self.d_state
+        z, xbc, dt_raw = torch.split(self.in_proj(x), [self.d_inner, self.d_inner + 2 * gn, self.n_heads], -1)
+        x_ssm, B, C = torch.split(self.conv(xbc), [self.d_inner, gn, gn], -1)
+        if delta is not None:
+            delta_c = self.time_step(delta)  # [B, H, L]
+            dt_raw = dt_raw * delta_c.transpose(1, 2)  # [B, L, H]
+            delta = self.time_gate(delta, delta_c, mask)
+        dt, A = self.params.discretise(dt_raw)
+        y = ssd(
+            x_ssm.view(batch, length, self.n_heads, self.head_dim),  # [B, L, H, P]
+            dt, A,
+            B.view(batch, length, self.n_groups, self.d_state),  # [B, L, G, N]
+            C.view(batch, length, self.n_groups, self.d_state),
+            self.params.D, self.chunk_size, self.ssd_mode,
+        )
+        y = self.norm(y.reshape(batch, length, self.d_inner), z)  # [B, L, E]
+        return self.out_proj(y), delta
+
+
+class TiCoSSD(nn.Module):
+    """Time-aware cross-modal SSD (MMM4Rec eqs. 16-17).
+
+    q (image stream) and u (text stream) [B, L, D], delta_co [B, H, L] or None -> [B, L, D].
+    x, B, dt from u; C from q; gate z from q + u; separate causal convs for [x, B] and for C.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        d_model, self.d_inner = config["hidden_size"], config["expand"] * config["hidden_size"]
+        self.head_dim, self.d_state, self.n_groups = config["head_dim"], config["d_state"], config["n_groups"]
+        self.n_heads = self.d_inner // self.head_dim
+        self.chunk_size, self.ssd_mode = config["chunk_size"], config["ssd_mode"]
+        gn = self.n_groups * self.d_state
+        self.u_proj = nn.Linear(d_model, self.d_inner + gn + self.n_heads)
+        self.q_proj = nn.Linear(d_model, gn)
+        self.z_proj = nn.Linear(d_model, self.d_inner)
+        self.conv_xb = CausalConv1d(self.d_inner + gn, config["d_conv"])
+        self.conv_c = CausalConv1d(gn, config["d_conv"])
+        self.params = SSDParameters(self.n_heads)
+        self.norm = GatedRMSNorm(self.d_inner, config["norm_eps"])
+        self.out_proj = nn.Linear(self.d_inner, d_model)
+        if config["time_aware"]:
+            self.time_step = TimeAwareStep(
+                self.n_heads, config["MAX_ITEM_LIST_LENGTH"], config["d_conv"], config["time_dropout_prob"]
+            )
+
+    def forward(self, q, u, delta_co):
+        batch, length, _ = q.shape
+        gn = self.n_groups * self.d_state
+        xb, dt_raw = torch.split(self.u_proj(u), [self.d_inner + gn, self.n_heads], -1)
+        x_ssm, B = torch.split(self.conv_xb(xb), [self.d_inner, gn], -1)
+        C = self.conv_c(self.q_proj(q))  # [B, L, G*N]
+        if delta_co is not None:
+            dt_raw = dt_raw * self.time_step(delta_co).transpose(1, 2)
+        dt, A = self.params.discretise(dt_raw)
+        y = ssd(
+            x_ssm.view(batch, length, self.n_heads, self.head_dim),
+            dt, A,
+            B.view(batch, length, self.n_groups, self.d_state),
+            C.view(batch, length, self.n_groups, self.d_state),
+            self.params.D, self.chunk_size, self.ssd_mode,
+        )
+        y = self.norm(y.reshape(batch, length, self.d_inner), self.z_proj(q + u))
+        return self.out_proj(y)
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN with post-norm residual: LN(x + Dropout(W2 Dropout(hardswish(W1 x))))."""
+
+    def __init__(self, config):
+        super().__init__()
+        d_model, dropout = config["hidden_size"], config["hidden_dropout_prob"]
+        self.net = nn.Sequential(
+            nn.Linear(d_model, config["inner_size"]),
+            nn.Hardswish(),
+            nn.Dropout(dropout),
+            nn.Linear(config["inner_size"], d_model),
+            nn.Dropout(dropout),
+        )
+        self.norm = nn.LayerNorm(d_model, eps=config["norm_eps"])
+
+    def forward(self, x):
+        return self.norm(x + self.net(x))
+
+
+class MMM4RecLayer(nn.Module):
+    """One alignment + fusion pair (MMM4Rec eqs. 10-17).
+
+    Alignment: ONE TiSSD block runs on both the text and the image sequence (shared weights: the
+    sequence-level alignment constraint), each with its own residual LayerNorm; the text stream then
+    goes through an FFN. Fusion: the two returned time signals are fused by the dual-channel Fourier
+    filter; TiCoSSD(q = image, u = text) gives LN(Dropout(TiCoSSD) + q + u) and an FFN.
+    text, image [B, L, D]; delta_text, delta_image [B, H, L] or None; mask [B, L].
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        d_model, eps = config["hidden_size"], config["norm_eps"]
+        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self.tissd = TiSSD(config)
+        self.text_norm = nn.LayerNorm(d_model, eps=eps)
+        self.text_ffn = FeedForward(config)
+        self.image_norm = nn.LayerNorm(d_model, eps=eps)
+        self.ticossd = TiCoSSD(config)
+        self.fused_norm = nn.LayerNorm(d_model, eps=eps)
+        self.fused_ffn = FeedForward(config)
+        if config["time_aware"]:
+            self.fourier = DualChannelFourierFilter(config["MAX_ITEM_LIST_LENGTH"])
+
+    def forward(self, text, image, delta_text, delta_image, mask):
+        out, delta_text = self.tissd(text, delta_text, mask)
+        u = self.text_ffn(self.text_norm(self.dropout(out) + text))  # aligned text stream
+        out, delta_image = self.tissd(image, delta_image, mask)  # the same block: shared weights
+        q = self.image_norm(self.dropout(out) + image)
+        delta_co = None if delta_text is None else self.fourier(delta_text, delta_image, mask)
+        fused = self.fused_norm(self.dropout(self.ticossd(q, u, delta_co)) + q + u)
+        return u, self.fused_ffn(fused), delta_text, delta_image

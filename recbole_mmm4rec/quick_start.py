@@ -1,0 +1,119 @@
+"""Run any model, ours or RecBole's, the way RecBole's ``run_recbole`` does, with our defaults.
+
+``register()`` makes RecBole resolve our models by name: each plugin model module is made visible as
+``recbole.model.sequential_recommender.<name>`` (where ``get_model`` looks), its dataset class as
+``recbole.data.dataset.<Name>Dataset`` (``create_dataset``) and its trainer as
+``recbole.trainer.<Name>Trainer`` (``get_trainer``). RecBole's built-ins are untouched, so our names
+are found first and every other name falls through to RecBole.
+"""
+
+import os
+import sys
+from logging import getLogger
+from pathlib import Path
+from time import perf_counter
+
+import recbole.data.dataset
+import recbole.trainer
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_environment, get_model, get_trainer, init_logger, init_seed, set_color
+
+from recbole_mmm4rec.data.dataset import MultiModalSequentialDataset
+from recbole_mmm4rec.models import MMM4Rec
+from recbole_mmm4rec.trainers import NAdamTrainer
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROPERTIES = PROJECT_ROOT / "properties"
+
+# name -> (model class, dataset class, trainer class)
+PLUGINS = {
+    "MMM4Rec": (MMM4Rec, MultiModalSequentialDataset, NAdamTrainer),
+}
+
+
+def register():
+    """Make RecBole's name lookups find the plugin models, datasets and trainers (idempotent)."""
+    for name, (model_class, dataset_class, trainer_class) in PLUGINS.items():
+        sys.modules[f"recbole.model.sequential_recommender.{name.lower()}"] = sys.modules[model_class.__module__]
+        setattr(recbole.data.dataset, f"{name}Dataset", dataset_class)
+        setattr(recbole.trainer, f"{name}Trainer", trainer_class)
+
+
+def default_config_files(model, dataset):
+    """Our yaml defaults for this model and dataset, in RecBole's order: overall < model < dataset."""
+    if not PROPERTIES.is_dir():
+        raise FileNotFoundError(
+            f"{PROPERTIES} is missing: install recbole-mmm4rec from its source tree (pip install -e .)"
+        )
+    candidates = [
+        PROPERTIES / "overall.yaml",
+        PROPERTIES / "model" / f"{model}.yaml",
+        PROPERTIES / "dataset" / f"{dataset}.yaml",
+    ]
+    return [str(path) for path in candidates if path.is_file()]
+
+
+def build_config(model=None, dataset=None, config_file_list=None, config_dict=None):
+    """RecBole's ``Config`` over our defaults, then the user's files, dict and command line."""
+    register()
+    model = model or _command_line_value("model") or "MMM4Rec"
+    dataset = dataset or _command_line_value("dataset") or "scientific_mm"
+    files = default_config_files(model, dataset) + list(config_file_list or [])
+    config = Config(model=model, dataset=dataset, config_file_list=files, config_dict=config_dict)
+    data_path = config["data_path"]
+    if not os.path.isabs(data_path) and not os.path.isdir(data_path) and (PROJECT_ROOT / data_path).is_dir():
+        config["data_path"] = str(PROJECT_ROOT / data_path)
+    return config
+
+
+def _command_line_value(key):
+    for arg in sys.argv[1:]:
+        if arg.startswith(f"--{key}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+    """Train on the train split, select on valid, evaluate on test: RecBole's ``run_recbole`` flow.
+
+    Returns RecBole's result dict plus ``epochs``, ``fit_seconds``, ``test_seconds`` and ``saved_model_file``.
+    """
+    config = build_config(model, dataset, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+
+    start = perf_counter()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    fit_seconds = perf_counter() - start
+    start = perf_counter()
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_seconds = perf_counter() - start
+
+    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "epochs": len(trainer.train_loss_dict),
+        "fit_seconds": fit_seconds,
+        "test_seconds": test_seconds,
+        "saved_model_file": trainer.saved_model_file if saved else None,
+    }
