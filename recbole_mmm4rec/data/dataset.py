@@ -16,6 +16,7 @@ class MultiModalSequentialDataset(SequentialDataset):
     Features come from ``<data_path>/<dataset>.features.npz`` (format: ``data/features.py``) and are
     aligned through the item tokens (``field2id_token['item_id']``), never by row position. Row 0 is
     RecBole's padding item. A modality absent from the file (e.g. no images) is all missing.
+    ``feature_dims`` ({modality: dimension}, optional) is checked against the file.
     """
 
     def __init__(self, config):
@@ -24,7 +25,7 @@ class MultiModalSequentialDataset(SequentialDataset):
         path = os.path.join(config["data_path"], config["dataset"] + FEATURE_SUFFIX)
         features = read_features(path)
         self.item_features = align_features(
-            features, self.field2id_token[self.iid_field], MODALITIES
+            features, self.field2id_token[self.iid_field], MODALITIES, config["feature_dims"]
         )
         for modality, (table, present) in self.item_features.items():
             self.logger.info(

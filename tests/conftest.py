@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny MMM4Rec configuration on the bundled scientific_mm data (real items and features)."""
+
+import pytest
+import torch
+
+import recbole_mmm4rec
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_seed
+
+# Small enough for 2 CPU cores; every structural part of the model is still there (2 heads per group).
+TINY = {
+    "hidden_size": 32,
+    "inner_size": 32,
+    "expand": 2,
+    "head_dim": 16,
+    "n_groups": 2,
+    "d_state": 8,
+    "chunk_size": 8,
+    "train_batch_size": 256,
+    "show_progress": False,
+    "state": "WARNING",
+    "seed": 2020,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_dict(tmp_path_factory):
+    return {**TINY, "checkpoint_dir": str(tmp_path_factory.mktemp("saved"))}
+
+
+def make_config(base, **overrides):
+    return recbole_mmm4rec.build_config("MMM4Rec", "scientific_mm", config_dict={**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def scientific(tiny_dict):
+    """(config, dataset, train, valid, test) on the bundled data, built once."""
+    config = make_config(tiny_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    return (config, dataset, *data_preparation(config, dataset))
+
+
+@pytest.fixture(scope="session")
+def test_batch(scientific):
+    """A full-sort test batch (Interaction) of real users."""
+    return next(iter(scientific[4]))[0]
+
+
+def build_model(config, dataset, seed=0):
+    from recbole_mmm4rec.models import MMM4Rec
+
+    torch.manual_seed(seed)
+    return MMM4Rec(config, dataset).eval()
