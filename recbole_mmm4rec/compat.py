@@ -7,9 +7,10 @@ call it again (``import recbole_mmm4rec`` does).
 
 1. NumPy 2 removed aliases that RecBole (``Config.compatibility_settings``, ``evaluator/metrics.py``)
    and ray 2.6.3 (``np.bool8`` in its TensorBoard logger, imported by ``recbole.quick_start``) use.
-2. pandas 3 is copy-on-write: ``df[col].fillna(..., inplace=True)`` fills a temporary copy, so
-   ``Dataset._fill_nan`` silently leaves NaN in float fields and ``Dataset._load_feat`` crashes on an
-   empty ``token_seq``/``float_seq`` cell (NaN has no ``.split``).
+2. pandas 3 breaks RecBole's data pipeline in two ways: ``Series.agg(len)`` now returns the
+   Series' length (RecBole uses it per element to remap every ``token_seq`` field), and copy-on-write
+   makes ``df[col].fillna(..., inplace=True)`` fill a temporary copy (NaN left in float fields). Too
+   many call sites to patch: we require pandas 2 and say so clearly.
 3. torch >= 2.6 loads with ``weights_only=True``; RecBole checkpoints pickle the ``Config``, which holds
    a model class and a yaml loader, so the test evaluation after training fails. We keep the safe loader:
    ``Config`` pickles without those two attributes (they are rebuilt on load) and only ``Config``,
@@ -44,7 +45,7 @@ def apply():
     if _applied:
         return
     _add_numpy_aliases()
-    _fix_pandas_copy_on_write()
+    _require_pandas_2()
     _make_config_weights_only_loadable()
     _make_checkpoint_writes_atomic()
     _applied = True
@@ -56,47 +57,15 @@ def _add_numpy_aliases():
             setattr(np, old, getattr(np, new))
 
 
-def _fix_pandas_copy_on_write():
+def _require_pandas_2():
     import pandas as pd
-    from recbole.data.dataset import dataset as dataset_module
-    from recbole.utils import FeatureType
 
-    def _fill_nan(self):
-        """RecBole's imputation, assigning columns instead of filling copies in place."""
-        for feat_name in self.feat_name_list:
-            feat = getattr(self, feat_name)
-            for field in feat:
-                ftype = self.field2type[field]
-                if ftype == FeatureType.TOKEN:
-                    feat[field] = feat[field].fillna(value=0)
-                elif ftype == FeatureType.FLOAT:
-                    feat[field] = feat[field].fillna(value=feat[field].mean())
-                else:
-                    dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
-                    feat[field] = feat[field].apply(
-                        lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x
-                    )
-
-    class _PandasWithFilledSeqColumns:
-        """``pandas`` as RecBole's dataset module sees it: ``read_csv`` fills empty sequence cells.
-
-        Atomic-file headers are ``name:type``; an empty ``token_seq``/``float_seq`` cell becomes ""
-        (RecBole's intended value) instead of NaN.
-        """
-
-        def __getattr__(self, name):
-            return getattr(pd, name)
-
-        @staticmethod
-        def read_csv(*args, **kwargs):
-            df = pd.read_csv(*args, **kwargs)
-            for column in df.columns:
-                if str(column).endswith("_seq"):
-                    df[column] = df[column].fillna("")
-            return df
-
-    dataset_module.Dataset._fill_nan = _fill_nan
-    dataset_module.pd = _PandasWithFilledSeqColumns()
+    if int(pd.__version__.split(".")[0]) >= 3:
+        raise ImportError(
+            f"recbole-mmm4rec needs pandas < 3 (found {pd.__version__}): RecBole 1.2.1 relies on "
+            "Series.agg(len) applying per element and on df[col].fillna(inplace=True), which pandas 3 "
+            "changed. Install 'pandas>=2.2,<3'."
+        )
 
 
 def _make_config_weights_only_loadable():

@@ -13,6 +13,7 @@ from logging import getLogger
 from pathlib import Path
 from time import perf_counter
 
+import recbole
 import recbole.data.dataset
 import recbole.trainer
 from recbole.config import Config
@@ -40,6 +41,27 @@ def register():
         setattr(recbole.trainer, f"{name}Trainer", trainer_class)
 
 
+RECBOLE_MODEL_PACKAGES = ("general_recommender", "context_aware_recommender", "sequential_recommender",
+                          "knowledge_aware_recommender", "exlib_recommender")
+
+
+def check_model_name(model):
+    """Fail with a clear message for a name that is neither ours nor RecBole's.
+
+    (RecBole's own lookup would end in an ImportError of lightgbm/xgboost from its exlib package.)
+    """
+    if model in PLUGINS:
+        return
+    for package in RECBOLE_MODEL_PACKAGES:
+        folder = Path(recbole.__file__).parent / "model" / package
+        if (folder / f"{model.lower()}.py").is_file():
+            return
+    raise ValueError(
+        f"Unknown model {model!r}: not a recbole-mmm4rec model ({', '.join(PLUGINS)}) "
+        "nor a RecBole built-in (names are case-sensitive, e.g. SASRec, GRU4Rec, Pop)"
+    )
+
+
 def default_config_files(model, dataset):
     """Our yaml defaults for this model and dataset, in RecBole's order: overall < model < dataset."""
     if not PROPERTIES.is_dir():
@@ -59,6 +81,7 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     register()
     model = model or _command_line_value("model") or "MMM4Rec"
     dataset = dataset or _command_line_value("dataset") or "scientific_mm"
+    check_model_name(model)
     files = default_config_files(model, dataset) + list(config_file_list or [])
     config = Config(model=model, dataset=dataset, config_file_list=files, config_dict=config_dict)
     data_path = config["data_path"]
