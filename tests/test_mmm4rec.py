@@ -27,10 +27,20 @@ def _real_timestamps(batch, gap_seed=0):
     return torch.cumsum(gaps, 1) * (~_padding(batch))
 
 
+def _wake_time_path(model):
+    """At initialisation the time path is nearly silent (N(0, 0.02) weights, tanhshrink(v) ~ v^3/3),
+    as in the authors' model: give its weights the scale training gives them, so tests can see it."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if any(part in name for part in ("time_step", "time_gate", "fourier", "in_proj", "u_proj")):
+                param.normal_(0, 0.5)
+    return model
+
+
 @pytest.mark.parametrize("time_aware", [True, False])
 def test_padded_positions_change_nothing(scientific, test_batch, tiny_dict, time_aware):
     config, dataset = scientific[0], scientific[1]
-    model = build_model(make_config(tiny_dict, time_aware=time_aware), dataset)
+    model = _wake_time_path(build_model(make_config(tiny_dict, time_aware=time_aware), dataset))
     pad = _padding(test_batch)
     assert pad.any(), "the batch must contain padded positions"
     timestamps = _real_timestamps(test_batch)
@@ -48,13 +58,7 @@ def test_padded_positions_change_nothing(scientific, test_batch, tiny_dict, time
 def test_time_changes_output_only_when_time_aware(scientific, test_batch, tiny_dict):
     dataset = scientific[1]
     first, second = _real_timestamps(test_batch, 0), _real_timestamps(test_batch, 1)
-    timed = build_model(make_config(tiny_dict, time_aware=True), dataset)
-    # At initialisation the time path is nearly silent (N(0, 0.02) weights, tanhshrink(v) ~ v^3/3),
-    # as in the authors' model; give its weights the scale training gives them.
-    with torch.no_grad():
-        for name, param in timed.named_parameters():
-            if "time_step" in name or "fourier" in name or "in_proj" in name or "u_proj" in name:
-                param.normal_(0, 0.5)
+    timed = _wake_time_path(build_model(make_config(tiny_dict, time_aware=True), dataset))
     untimed = build_model(make_config(tiny_dict, time_aware=False), dataset)
     diff = (_user_vectors(timed, test_batch, timestamps=first) - _user_vectors(timed, test_batch, timestamps=second))
     assert diff.abs().max() > 1e-3
