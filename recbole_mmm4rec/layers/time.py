@@ -8,7 +8,6 @@ padded positions (``mask`` False) and normalised over real positions only (DESIG
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from recbole_mmm4rec.layers.ssd import CausalConv1d
 

@@ -29,51 +29,67 @@ class SSDParameters(nn.Module):
         return F.softplus(dt_raw + self.dt_bias), -torch.exp(self.A_log)
 
 
-class TiSSD(nn.Module):
-    """Time-aware SSD block (MMM4Rec eqs. 3-9).
+class SSDMixer(nn.Module):
+    """The part TiSSD and TiCoSSD share: discretise dt (eq. 7), the SSD (eqs. 8-9), gated RMSNorm, out_proj.
 
-    x [B, L, D], delta [B, H, L] (None when time is off), mask [B, L] ->
-    (y [B, L, D], delta' [B, H, L] or None). With E = expand * D and H = E / head_dim:
-    in_proj D -> [z (E), x (E), B (G*N), C (G*N), dt (H)]; causal conv + SiLU over [x, B, C];
-    dt <- dt * delta_c (time-aware); SSD (eq. 9); gated RMSNorm(y, z); out_proj E -> D.
+    Sizes: E = expand * D inner width, H = E / head_dim heads, G groups of N-dim B and C.
     """
 
     def __init__(self, config):
         super().__init__()
-        d_model, self.d_inner = config["hidden_size"], config["expand"] * config["hidden_size"]
+        self.d_inner = config["expand"] * config["hidden_size"]
         self.head_dim, self.d_state, self.n_groups = config["head_dim"], config["d_state"], config["n_groups"]
         self.n_heads = self.d_inner // self.head_dim
         self.chunk_size, self.ssd_mode = config["chunk_size"], config["ssd_mode"]
-        bc_dim = 2 * self.n_groups * self.d_state
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner + bc_dim + self.n_heads)
-        self.conv = CausalConv1d(self.d_inner + bc_dim, config["d_conv"])
         self.params = SSDParameters(self.n_heads)
         self.norm = GatedRMSNorm(self.d_inner, config["norm_eps"])
-        self.out_proj = nn.Linear(self.d_inner, d_model)
+        self.out_proj = nn.Linear(self.d_inner, config["hidden_size"])
+
+    def forward(self, x, dt_raw, B, C, z):
+        """x, z [B, L, E]; dt_raw [B, L, H]; B, C [B, L, G*N] -> [B, L, D]."""
+        batch, length, _ = x.shape
+        dt, A = self.params.discretise(dt_raw)
+        y = ssd(
+            x.view(batch, length, self.n_heads, self.head_dim),  # [B, L, H, P]
+            dt, A,
+            B.view(batch, length, self.n_groups, self.d_state),  # [B, L, G, N]
+            C.view(batch, length, self.n_groups, self.d_state),
+            self.params.D, self.chunk_size, self.ssd_mode,
+        )
+        return self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))
+
+
+class TiSSD(nn.Module):
+    """Time-aware SSD block (MMM4Rec eqs. 3-9).
+
+    x [B, L, D], delta [B, H, L] (None when time is off), mask [B, L] ->
+    (y [B, L, D], delta' [B, H, L] or None).
+    in_proj D -> [z (E), x (E), B (G*N), C (G*N), dt (H)]; causal conv + SiLU over [x, B, C];
+    dt <- dt * delta_c (time-aware); then the SSD mixer.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.mixer = SSDMixer(config)
+        self.d_inner, self.n_heads = self.mixer.d_inner, self.mixer.n_heads
+        self.bc_dim = self.mixer.n_groups * self.mixer.d_state
+        self.in_proj = nn.Linear(config["hidden_size"], 2 * self.d_inner + 2 * self.bc_dim + self.n_heads)
+        self.conv = CausalConv1d(self.d_inner + 2 * self.bc_dim, config["d_conv"])
         if config["time_aware"]:
             max_len, dropout = config["MAX_ITEM_LIST_LENGTH"], config["time_dropout_prob"]
             self.time_step = TimeAwareStep(self.n_heads, max_len, config["d_conv"], dropout)
             self.time_gate = TimeGate(max_len, dropout, config["norm_eps"])
 
     def forward(self, x, delta, mask):
-        batch, length, _ = x.shape
-        gn = self.n_groups * self.d_state
-        z, xbc, dt_raw = torch.split(self.in_proj(x), [self.d_inner, self.d_inner + 2 * gn, self.n_heads], -1)
-        x_ssm, B, C = torch.split(self.conv(xbc), [self.d_inner, gn, gn], -1)
+        z, xbc, dt_raw = torch.split(
+            self.in_proj(x), [self.d_inner, self.d_inner + 2 * self.bc_dim, self.n_heads], -1
+        )
+        x_ssm, B, C = torch.split(self.conv(xbc), [self.d_inner, self.bc_dim, self.bc_dim], -1)
         if delta is not None:
             delta_c = self.time_step(delta)  # [B, H, L]
             dt_raw = dt_raw * delta_c.transpose(1, 2)  # [B, L, H]
             delta = self.time_gate(delta, delta_c, mask)
-        dt, A = self.params.discretise(dt_raw)
-        y = ssd(
-            x_ssm.view(batch, length, self.n_heads, self.head_dim),  # [B, L, H, P]
-            dt, A,
-            B.view(batch, length, self.n_groups, self.d_state),  # [B, L, G, N]
-            C.view(batch, length, self.n_groups, self.d_state),
-            self.params.D, self.chunk_size, self.ssd_mode,
-        )
-        y = self.norm(y.reshape(batch, length, self.d_inner), z)  # [B, L, E]
-        return self.out_proj(y), delta
+        return self.mixer(x_ssm, dt_raw, B, C, z), delta
 
 
 class TiCoSSD(nn.Module):
@@ -85,42 +101,27 @@ class TiCoSSD(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        d_model, self.d_inner = config["hidden_size"], config["expand"] * config["hidden_size"]
-        self.head_dim, self.d_state, self.n_groups = config["head_dim"], config["d_state"], config["n_groups"]
-        self.n_heads = self.d_inner // self.head_dim
-        self.chunk_size, self.ssd_mode = config["chunk_size"], config["ssd_mode"]
-        gn = self.n_groups * self.d_state
-        self.u_proj = nn.Linear(d_model, self.d_inner + gn + self.n_heads)
-        self.q_proj = nn.Linear(d_model, gn)
+        d_model = config["hidden_size"]
+        self.mixer = SSDMixer(config)
+        self.d_inner, self.n_heads = self.mixer.d_inner, self.mixer.n_heads
+        self.bc_dim = self.mixer.n_groups * self.mixer.d_state
+        self.u_proj = nn.Linear(d_model, self.d_inner + self.bc_dim + self.n_heads)
+        self.q_proj = nn.Linear(d_model, self.bc_dim)
         self.z_proj = nn.Linear(d_model, self.d_inner)
-        self.conv_xb = CausalConv1d(self.d_inner + gn, config["d_conv"])
-        self.conv_c = CausalConv1d(gn, config["d_conv"])
-        self.params = SSDParameters(self.n_heads)
-        self.norm = GatedRMSNorm(self.d_inner, config["norm_eps"])
-        self.out_proj = nn.Linear(self.d_inner, d_model)
+        self.conv_xb = CausalConv1d(self.d_inner + self.bc_dim, config["d_conv"])
+        self.conv_c = CausalConv1d(self.bc_dim, config["d_conv"])
         if config["time_aware"]:
             self.time_step = TimeAwareStep(
                 self.n_heads, config["MAX_ITEM_LIST_LENGTH"], config["d_conv"], config["time_dropout_prob"]
             )
 
     def forward(self, q, u, delta_co):
-        batch, length, _ = q.shape
-        gn = self.n_groups * self.d_state
-        xb, dt_raw = torch.split(self.u_proj(u), [self.d_inner + gn, self.n_heads], -1)
-        x_ssm, B = torch.split(self.conv_xb(xb), [self.d_inner, gn], -1)
+        xb, dt_raw = torch.split(self.u_proj(u), [self.d_inner + self.bc_dim, self.n_heads], -1)
+        x_ssm, B = torch.split(self.conv_xb(xb), [self.d_inner, self.bc_dim], -1)
         C = self.conv_c(self.q_proj(q))  # [B, L, G*N]
         if delta_co is not None:
             dt_raw = dt_raw * self.time_step(delta_co).transpose(1, 2)
-        dt, A = self.params.discretise(dt_raw)
-        y = ssd(
-            x_ssm.view(batch, length, self.n_heads, self.head_dim),
-            dt, A,
-            B.view(batch, length, self.n_groups, self.d_state),
-            C.view(batch, length, self.n_groups, self.d_state),
-            self.params.D, self.chunk_size, self.ssd_mode,
-        )
-        y = self.norm(y.reshape(batch, length, self.d_inner), self.z_proj(q + u))
-        return self.out_proj(y)
+        return self.mixer(x_ssm, dt_raw, B, C, self.z_proj(q + u))
 
 
 class FeedForward(nn.Module):
