@@ -130,12 +130,18 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
+    epochs = len(trainer.train_loss_dict)
+    logger.info(
+        set_color("timing", "yellow")
+        + f": {epochs} epochs in {fit_seconds:.1f}s ({fit_seconds / max(epochs, 1):.2f}s per epoch with"
+        + f" validation); test evaluation (full sort) {test_seconds:.2f}s"
+    )
     return {
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
-        "epochs": len(trainer.train_loss_dict),
+        "epochs": epochs,
         "fit_seconds": fit_seconds,
         "test_seconds": test_seconds,
         "saved_model_file": trainer.saved_model_file if saved else None,
