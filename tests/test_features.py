@@ -253,6 +253,9 @@ def test_align_without_image_modality(tmp_path):
     assert image.shape == (4, 1) and not image.any()
     assert present.shape == (4,) and not present.any()
     assert aligned["text"][1][1:].all()
+    # with an expected dimension the missing modality gets it, so shapes match across domains
+    image, present = align_features(read_features(path), ID2TOKEN, ("text", "image"), {"image": 512})["image"]
+    assert image.shape == (4, 512) and not image.any() and not present.any()
 
 
 def test_align_accepts_numpy_id2token(tmp_path):

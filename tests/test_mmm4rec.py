@@ -79,9 +79,9 @@ def test_scores_agree_between_predict_and_full_sort(scientific, test_batch, tiny
 
 def test_items_without_image_get_finite_scores(scientific, test_batch, tiny_dict):
     model = build_model(make_config(tiny_dict), scientific[1])
-    present = model.adapters["image"].present.clone()  # the buffer is the dataset's tensor: copy
+    present = model.items["image"].present.clone()  # the buffer is the dataset's tensor: copy
     present[1::2] = False  # half of the items lose their image
-    model.adapters["image"].present = present
+    model.items["image"].present = present
     with torch.no_grad():
         scores = model.full_sort_predict(test_batch)
     assert torch.isfinite(scores).all()
@@ -89,24 +89,25 @@ def test_items_without_image_get_finite_scores(scientific, test_batch, tiny_dict
     loss = model.calculate_loss(test_batch)
     loss.backward()
     assert torch.isfinite(loss)
-    assert model.adapters["image"].missing.grad.abs().sum() > 0  # the learned "no image" vector is used
+    assert model.encoder.adapters["image"].missing.grad.abs().sum() > 0  # the learned "no image" vector is used
 
 
 def test_item_bias_is_the_with_id_variant(scientific, tiny_dict):
     with_id = build_model(make_config(tiny_dict, item_modality_bias=True), scientific[1])
     without_id = build_model(make_config(tiny_dict, item_modality_bias=False), scientific[1])
     n_items = scientific[1].item_num
-    assert with_id.adapters["text"].item_bias.weight.shape == (n_items, 32)
-    assert torch.count_nonzero(with_id.adapters["text"].item_bias.weight) == 0  # zero-initialised
-    assert without_id.adapters["text"].item_bias is None
-    assert not any("item_bias" in name for name in without_id.state_dict())
+    assert with_id.items["text"].bias.weight.shape == (n_items, 32)
+    assert torch.count_nonzero(with_id.items["text"].bias.weight) == 0  # zero-initialised
+    assert without_id.items["text"].bias is None
+    assert not any(name.startswith("items.") for name in without_id.state_dict())
+    assert not any(name.startswith("items.") for name, _ in with_id.encoder.named_parameters())
 
 
 def test_alignment_stage_shares_one_tissd(scientific, tiny_dict):
     model = build_model(make_config(tiny_dict, num_layers=2), scientific[1])
-    assert len(model.layers) == 2
+    assert len(model.encoder.layers) == 2
     tissd_params = {name for name, _ in model.named_parameters() if ".tissd." in name}
-    assert tissd_params and all(name.startswith("layers.") for name in tissd_params)
+    assert tissd_params and all(name.startswith("encoder.layers.") for name in tissd_params)
     # one block per layer serves both streams: no second copy of its weights anywhere
     assert sum(".in_proj.weight" in name for name in tissd_params) == 2
 

@@ -298,7 +298,8 @@ def align_features(
     ``'[PAD]'`` (``dataset.field2id_token['item_id']``). Returns
     ``{modality: (table float32 [n_items, d], present bool [n_items])}`` where row 0
     (padding) is zeros and not present. A modality the file lacks altogether gives a
-    ``[n_items, 1]`` zero table with nothing present. Items in the file but not in
+    zero table with nothing present, of the expected dimension if one is given (so that
+    models of domains with and without images have the same shapes), else ``[n_items, 1]``. Items in the file but not in
     the dataset are ignored; items in the dataset but not in the file are an error.
     """
     if isinstance(modalities, str):
@@ -308,11 +309,12 @@ def align_features(
     n_items = len(rows) + 1
     aligned = {}
     for modality in modalities:
+        expected = expected_dims.get(modality)
         if modality not in features.tables:
-            aligned[modality] = (torch.zeros(n_items, 1), torch.zeros(n_items, dtype=torch.bool))
+            dim = 1 if expected is None else int(expected)
+            aligned[modality] = (torch.zeros(n_items, dim), torch.zeros(n_items, dtype=torch.bool))
             continue
         source = features.tables[modality]
-        expected = expected_dims.get(modality)
         if expected is not None and source.shape[1] != int(expected):
             raise FeatureFileError(
                 f"Feature file {features.path} has {modality} features of dimension {source.shape[1]}, "

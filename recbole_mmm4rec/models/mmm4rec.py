@@ -6,6 +6,10 @@ precomputed text and image features (``data/features.py``), adapted to the hidde
 optionally with a per-item bias (the "with ID" variant). Text and image sequences are aligned by a
 shared TiSSD and fused by TiCoSSD driven by Fourier-filtered time signals; the user vector scores
 every item by its adapted, L2-normalised features (eq. 19), with cross-entropy over all items (eq. 21).
+
+The model is split along what transfers (DESIGN.md §6):
+``MMM4RecEncoder`` holds every domain-independent weight (adapters, layers, norms) and
+``ItemTable`` one domain's items (frozen features and the optional item-modality bias).
 """
 
 import torch
@@ -13,37 +17,105 @@ import torch.nn as nn
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_mmm4rec.data.dataset import MODALITIES
 from recbole_mmm4rec.layers.time import MaskedSequenceNorm, time_differences
 from recbole_mmm4rec.layers.tissd import MMM4RecLayer
 
-from recbole_mmm4rec.data.dataset import MODALITIES
 
-
-class ModalityAdapter(nn.Module):
-    """Eq. 2: a linear map d_m -> D of a modality's frozen features, plus the optional item-modality
-    bias E_m[i] (with-ID variant, zero-initialised). Items lacking the modality get a learned
-    "missing" vector instead of the adapted (zero) feature row.
-
-    features [n_items, d_m] and present [n_items] are buffers, not parameters: they come from the
-    dataset and are not saved in checkpoints.
-    """
+class ItemTable(nn.Module):
+    """One domain's items for one modality: frozen features [n_items, d] and a presence mask (buffers,
+    not saved in checkpoints: they come from the dataset) plus, in the with-ID variant, the trainable
+    item-modality bias E_m [n_items, D], zero-initialised. Domain-specific: never transferred."""
 
     def __init__(self, features, present, hidden_size, item_bias):
         super().__init__()
         self.register_buffer("features", features, persistent=False)
         self.register_buffer("present", present, persistent=False)
-        self.linear = nn.Linear(features.shape[1], hidden_size)
-        self.missing = nn.Parameter(torch.zeros(hidden_size))
-        self.item_bias = nn.Embedding(features.shape[0], hidden_size) if item_bias else None
+        self.bias = nn.Embedding(features.shape[0], hidden_size) if item_bias else None
+        if item_bias:
+            nn.init.zeros_(self.bias.weight)
 
-    def forward(self, items):
-        """items: any shape of item ids -> [*items.shape, D]."""
-        adapted = torch.where(
-            self.present[items].unsqueeze(-1), self.linear(self.features[items]), self.missing
-        )
-        if self.item_bias is not None:
-            adapted = adapted + self.item_bias(items)
-        return adapted
+
+class ModalityAdapter(nn.Module):
+    """Eq. 2: a linear map d_m -> D of a modality's features; items lacking the modality get a learned
+    "missing" vector instead (never a silent zero feature row); plus the item's bias when there is one."""
+
+    def __init__(self, feature_dim, hidden_size):
+        super().__init__()
+        self.linear = nn.Linear(feature_dim, hidden_size)
+        self.missing = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, table, items):
+        """items: any shape of item ids into ``table`` (an ItemTable) -> [*items.shape, D]."""
+        adapted = torch.where(table.present[items].unsqueeze(-1), self.linear(table.features[items]), self.missing)
+        return adapted if table.bias is None else adapted + table.bias(items)
+
+
+class MMM4RecEncoder(nn.Module):
+    """Everything of MMM4Rec that does not depend on the item set: what pre-training transfers."""
+
+    def __init__(self, config, feature_dims):
+        super().__init__()
+        hidden = config["hidden_size"]
+        self.adapters = nn.ModuleDict({m: ModalityAdapter(feature_dims[m], hidden) for m in MODALITIES})
+        self.input_norms = nn.ModuleDict({m: nn.LayerNorm(hidden, eps=config["norm_eps"]) for m in MODALITIES})
+        self.embedding_dropout = nn.Dropout(config["embedding_dropout_prob"])
+        self.time_aware = config["time_aware"]
+        if self.time_aware:
+            self.time_dropout = nn.Dropout(config["time_dropout_prob"])
+            self.time_norm = MaskedSequenceNorm(config["MAX_ITEM_LIST_LENGTH"], config["norm_eps"])
+        self.layers = nn.ModuleList(MMM4RecLayer(config) for _ in range(config["num_layers"]))
+        self.n_heads = self.layers[0].tissd.n_heads
+        self.temperature = config["temperature"]
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        """N(0, 0.02) linear weights, zero biases, unit LayerNorms (as the authors)."""
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+            module.bias.data.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+
+    def _time_signals(self, timestamps, mask):
+        """Eq. 5 and the masked time normalisation: timestamps [B, L] -> one [B, H, L] per stream."""
+        delta = time_differences(timestamps, mask)  # [B, L]
+        signals = []
+        for _ in MODALITIES:  # independent dropout masks per stream, as the authors
+            d = self.time_norm(self.time_dropout(delta).unsqueeze(1), mask)  # [B, 1, L]
+            signals.append(d.expand(-1, self.n_heads, -1))
+        return signals
+
+    def user_vector(self, tables, item_seq, item_seq_len, timestamps):
+        """tables: modality -> ItemTable; item_seq, timestamps [B, L]; item_seq_len [B] -> [B, D]."""
+        mask = torch.arange(item_seq.shape[1], device=item_seq.device) < item_seq_len.unsqueeze(1)  # [B, L]
+        text, image = (
+            self.input_norms[m](self.embedding_dropout(self.adapters[m](tables[m], item_seq))) for m in MODALITIES
+        )  # [B, L, D]
+        deltas = self._time_signals(timestamps, mask) if self.time_aware else (None, None)
+        for layer in self.layers:
+            text, image, *deltas = layer(text, image, *deltas, mask)
+        last = (item_seq_len - 1).view(-1, 1, 1).expand(-1, 1, image.shape[-1])
+        return image.gather(1, last).squeeze(1)  # [B, D]: the fused stream at the last real item
+
+    def item_embeddings(self, tables, items):
+        """Eq. 19's candidate side: L2-normalised adapted features per modality, [*items.shape, D] each."""
+        return [F.normalize(self.adapters[m](tables[m], items), dim=-1) for m in MODALITIES]
+
+    def scores(self, user, item_embeddings):
+        """(<u, e_text> + <u, e_image>) / temperature: user [B, D], embeddings [n, D] -> [B, n]."""
+        text, image = item_embeddings
+        return (user @ text.T + user @ image.T) / self.temperature
+
+
+def item_tables(dataset, config):
+    """modality -> ItemTable of a dataset with ``item_features`` (MultiModalSequentialDataset)."""
+    return nn.ModuleDict({
+        m: ItemTable(*dataset.item_features[m], config["hidden_size"], config["item_modality_bias"])
+        for m in MODALITIES
+    })
 
 
 class MMM4Rec(SequentialRecommender):
@@ -53,85 +125,34 @@ class MMM4Rec(SequentialRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         check_config(config)
-        self.hidden_size = config["hidden_size"]
-        self.temperature = config["temperature"]
-        self.time_aware = config["time_aware"]
         self.TIME_SEQ = config["TIME_FIELD"] + config["LIST_SUFFIX"]
-
-        features = dataset.item_features  # modality -> (table [n_items, d_m], present [n_items])
-        self.adapters = nn.ModuleDict({
-            m: ModalityAdapter(*features[m], self.hidden_size, config["item_modality_bias"]) for m in MODALITIES
-        })
-        self.input_norms = nn.ModuleDict({
-            m: nn.LayerNorm(self.hidden_size, eps=config["norm_eps"]) for m in MODALITIES
-        })
-        self.embedding_dropout = nn.Dropout(config["embedding_dropout_prob"])
-        if self.time_aware:
-            self.time_dropout = nn.Dropout(config["time_dropout_prob"])
-            self.time_norm = MaskedSequenceNorm(self.max_seq_length, config["norm_eps"])
-        self.layers = nn.ModuleList(MMM4RecLayer(config) for _ in range(config["num_layers"]))
-        self.n_heads = self.layers[0].tissd.n_heads
+        self.items = item_tables(dataset, config)
+        feature_dims = {m: table.features.shape[1] for m, table in self.items.items()}
+        self.encoder = MMM4RecEncoder(config, feature_dims)
         self.loss_fct = nn.CrossEntropyLoss()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module):
-        """N(0, 0.02) linear weights, zero biases and item-bias tables, unit LayerNorms (as the authors)."""
-        if isinstance(module, nn.Linear):
-            module.weight.data.normal_(mean=0.0, std=0.02)
-            module.bias.data.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.data.zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.data.fill_(1.0)
-            module.bias.data.zero_()
-
-    def _time_signal(self, timestamps, mask):
-        """Eq. 5 and the time normalisation: timestamps [B, L] -> [B, H, L] per text/image stream."""
-        delta = time_differences(timestamps, mask)  # [B, L]
-        signals = []
-        for _ in MODALITIES:  # independent dropout masks per stream, as the authors
-            d = self.time_norm(self.time_dropout(delta).unsqueeze(1), mask)  # [B, 1, L]
-            signals.append(d.expand(-1, self.n_heads, -1))
-        return signals
 
     def forward(self, item_seq, item_seq_len, timestamps):
-        mask = torch.arange(item_seq.shape[1], device=item_seq.device) < item_seq_len.unsqueeze(1)  # [B, L]
-        text, image = (
-            self.input_norms[m](self.embedding_dropout(self.adapters[m](item_seq))) for m in MODALITIES
-        )  # [B, L, D]
-        delta_text, delta_image = self._time_signal(timestamps, mask) if self.time_aware else (None, None)
-        for layer in self.layers:
-            text, image, delta_text, delta_image = layer(text, image, delta_text, delta_image, mask)
-        return self.gather_indexes(image, item_seq_len - 1)  # [B, D]: the fused stream, last real item
-
-    def item_embeddings(self, items=None):
-        """Eq. 19's candidate side: L2-normalised adapted features per modality, [n, D] each."""
-        if items is None:
-            items = torch.arange(self.n_items, device=self.adapters["text"].features.device)
-        return [F.normalize(self.adapters[m](items), dim=-1) for m in MODALITIES]
+        return self.encoder.user_vector(self.items, item_seq, item_seq_len, timestamps)
 
     def _user_vector(self, interaction):
-        return self.forward(
-            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.TIME_SEQ]
-        )
+        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.TIME_SEQ])
+
+    def _all_items(self):
+        items = torch.arange(self.n_items, device=self.items["text"].features.device)
+        return self.encoder.item_embeddings(self.items, items)
 
     def calculate_loss(self, interaction):
         """Eq. 21: cross-entropy over all items."""
-        logits = self._score_all(self._user_vector(interaction))
+        logits = self.encoder.scores(self._user_vector(interaction), self._all_items())
         return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
-
-    def _score_all(self, user):
-        text, image = self.item_embeddings()
-        return (user @ text.T + user @ image.T) / self.temperature  # [B, n_items]
 
     def predict(self, interaction):
         user = self._user_vector(interaction)
-        text, image = self.item_embeddings(interaction[self.ITEM_ID])  # [B, D]
-        return ((user * text).sum(-1) + (user * image).sum(-1)) / self.temperature
+        text, image = self.encoder.item_embeddings(self.items, interaction[self.ITEM_ID])  # [B, D]
+        return ((user * text).sum(-1) + (user * image).sum(-1)) / self.encoder.temperature
 
     def full_sort_predict(self, interaction):
-        return self._score_all(self._user_vector(interaction))
+        return self.encoder.scores(self._user_vector(interaction), self._all_items())
 
 
 def check_config(config):
