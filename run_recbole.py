@@ -2,6 +2,8 @@
 
     python run_recbole.py --model=MMM4Rec --dataset=scientific_mm --epochs=3
     python run_recbole.py --model=SASRec --dataset=scientific_mm --config_files="a.yaml b.yaml"
+    python run_recbole.py --model=MMM4Rec --stage=pretrain --dataset=office,scientific [--resume]
+    python run_recbole.py --model=MMM4Rec --dataset=office --pretrained=saved/MMM4Rec-pretrain-.../best.pth
 
 Every other ``--key=value`` overrides a config value, as in RecBole. Defaults: properties/.
 """
@@ -15,7 +17,17 @@ if __name__ == "__main__":
     parser.add_argument("--model", "-m", default="MMM4Rec", help="model name (ours first, then RecBole's)")
     parser.add_argument("--dataset", "-d", default="scientific_mm", help="dataset folder under data_path")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
+    parser.add_argument("--stage", choices=["finetune", "pretrain"], default="finetune",
+                        help="pretrain: MMM4Rec on the union of --dataset=A,B,... with in-batch negatives")
+    parser.add_argument("--resume", nargs="?", const="True", default="False",
+                        help="pre-training: continue from the run's last.pth")
     args, _ = parser.parse_known_args()  # the rest is read by RecBole's Config from sys.argv
 
     config_files = args.config_files.strip().split(" ") if args.config_files else None
-    recbole_mmm4rec.run(model=args.model, dataset=args.dataset, config_file_list=config_files)
+    if args.stage == "pretrain":
+        if args.model != "MMM4Rec":
+            parser.error("--stage=pretrain is for --model=MMM4Rec")
+        resume = args.resume.lower() in ("true", "1", "yes")
+        recbole_mmm4rec.pretrain(args.dataset.split(","), config_files, resume=resume)
+    else:
+        recbole_mmm4rec.run(model=args.model, dataset=args.dataset, config_file_list=config_files)

@@ -9,9 +9,9 @@ from recbole_mmm4rec import compat
 
 compat.apply()
 
-from recbole_mmm4rec.quick_start import build_config, register, run  # noqa: E402
+from recbole_mmm4rec.quick_start import build_config, pretrain, register, run  # noqa: E402
 
 register()
 
 __version__ = "0.1.0"
-__all__ = ["run", "build_config", "register"]
+__all__ = ["run", "pretrain", "build_config", "register"]

@@ -1,20 +1,190 @@
-"""Trainers of the plugin models."""
+"""Trainers of the plugin models: RecBole's trainer with NAdam, and MMM4Rec's multi-domain pre-training."""
+
+import os
+from logging import getLogger
+from time import perf_counter
 
 import torch
 from recbole.trainer import Trainer
+from recbole.utils import set_color
+from tqdm import tqdm
+
+from recbole_mmm4rec.compat import save_atomically
+
+# The hyperparameters an encoder's weights depend on: stored with a pre-trained checkpoint.
+ENCODER_KEYS = ("hidden_size", "inner_size", "num_layers", "d_state", "d_conv", "expand", "head_dim",
+                "n_groups", "MAX_ITEM_LIST_LENGTH", "time_aware")
+
+
+def nadam(parameters, learning_rate, weight_decay):
+    """``learner: nadam`` (MMM4Rec's optimiser, DESIGN.md §4): torch's NAdam with coupled L2 weight decay."""
+    return torch.optim.NAdam(parameters, lr=learning_rate, weight_decay=weight_decay)
 
 
 class NAdamTrainer(Trainer):
-    """RecBole's ``Trainer`` that also knows ``learner: nadam`` (MMM4Rec's optimiser, DESIGN.md §4).
-
-    torch's NAdam with coupled L2 ``weight_decay``, as the authors used it.
-    """
+    """RecBole's ``Trainer`` that also knows ``learner: nadam``."""
 
     def _build_optimizer(self, **kwargs):
         if kwargs.get("learner", self.learner).lower() != "nadam":
             return super()._build_optimizer(**kwargs)
-        return torch.optim.NAdam(
+        return nadam(
             kwargs.get("params", self.model.parameters()),
-            lr=kwargs.get("learning_rate", self.learning_rate),
-            weight_decay=kwargs.get("weight_decay", self.weight_decay),
+            kwargs.get("learning_rate", self.learning_rate),
+            kwargs.get("weight_decay", self.weight_decay),
         )
+
+
+class Pretrainer:
+    """Pre-training on several domains at once (DESIGN.md §3, §6).
+
+    ``views`` maps each domain to an MMM4Rec model of that domain; all views share ONE encoder (the
+    domain-independent weights) and each keeps its own item tables (features, item-modality bias).
+    Every batch comes from one domain (the domains' batches are interleaved at random) and is trained
+    with in-batch cross-entropy (``MMM4Rec.calculate_in_batch_loss``). After each epoch the views are
+    evaluated on their domains' validation splits (full ranking); the mean ``valid_metric`` selects the
+    best epoch. ``last.pth`` (everything needed to resume) is written atomically after every epoch and
+    ``best.pth`` whenever the validation improves. Epoch e's shuffling and dropout are seeded with
+    ``seed + e``, so a resumed run gives the same result as an uninterrupted one.
+    """
+
+    def __init__(self, config, views, train_sets, valid_loaders, run_dir):
+        self.config, self.views, self.train_sets, self.valid_loaders = config, views, train_sets, valid_loaders
+        self.run_dir = run_dir
+        self.logger = getLogger()
+        self.device = config["device"]
+        self.model = torch.nn.ModuleDict(views).to(self.device)  # shared encoder counted once
+        self.optimizer = nadam(self.model.parameters(), config["learning_rate"], config["weight_decay"])
+        self.evaluators = {d: NAdamTrainer(config, view) for d, view in views.items()}
+        self.epoch, self.history, self.best_score = 0, [], float("-inf")
+        os.makedirs(run_dir, exist_ok=True)
+
+    @property
+    def encoder(self):
+        return next(iter(self.views.values())).encoder
+
+    def fit(self, epochs, resume=False, show_progress=True):
+        if resume:
+            self.resume(os.path.join(self.run_dir, "last.pth"))
+        while self.epoch < epochs:
+            start = perf_counter()
+            loss = self._train_epoch(self.epoch, show_progress)
+            seconds = perf_counter() - start
+            valid = self._validate(show_progress)
+            score = sum(valid.values()) / len(valid)
+            self.history.append({"epoch": self.epoch, "loss": loss, "seconds": seconds, "valid": valid})
+            self.epoch += 1
+            self.logger.info(
+                set_color(f"pretrain epoch {self.epoch - 1}", "green")
+                + f" [time: {seconds:.2f}s, in-batch loss: {loss:.4f}, valid {self.config['valid_metric']}: "
+                + ", ".join(f"{d} {v:.4f}" for d, v in valid.items()) + "]"
+            )
+            if score > self.best_score:
+                self.best_score = score
+                self._save(os.path.join(self.run_dir, "best.pth"), with_optimizer=False)
+            self._save(os.path.join(self.run_dir, "last.pth"), with_optimizer=True)
+        return self.history
+
+    def _batches(self, epoch):
+        """This epoch's (domain, row indices) batches: shuffled inside each domain, interleaved at random."""
+        generator = torch.Generator().manual_seed(self.config["seed"] + epoch)
+        size = self.config["train_batch_size"]
+        batches = []
+        for domain in sorted(self.train_sets):
+            order = torch.randperm(len(self.train_sets[domain]), generator=generator)
+            batches += [(domain, order[i:i + size]) for i in range(0, len(order), size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+
+    def _train_epoch(self, epoch, show_progress):
+        torch.manual_seed(self.config["seed"] + epoch)  # dropout: reproducible per epoch, hence resumable
+        self.model.train()
+        total, batches = 0.0, self._batches(epoch)
+        for domain, rows in tqdm(batches, desc=f"Pretrain {epoch:>3}", ncols=100, disable=not show_progress):
+            interaction = self.train_sets[domain][rows].to(self.device)
+            loss = self.views[domain].calculate_in_batch_loss(interaction)
+            if torch.isnan(loss):
+                raise ValueError(f"pre-training loss is NaN at epoch {epoch} (domain {domain})")
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item()
+        return total / len(batches)
+
+    @torch.no_grad()
+    def _validate(self, show_progress):
+        metric = self.config["valid_metric"].lower()
+        return {
+            d: float(self.evaluators[d].evaluate(loader, load_best_model=False, show_progress=show_progress)[metric])
+            for d, loader in self.valid_loaders.items()
+        }
+
+    def _state(self, with_optimizer):
+        state = {
+            "encoder": self.encoder.state_dict(),
+            "item_tables": {d: view.items.state_dict() for d, view in self.views.items()},
+            "model_config": {key: self.config[key] for key in ENCODER_KEYS},
+            "feature_dims": {m: a.linear.in_features for m, a in self.encoder.adapters.items()},
+            "datasets": sorted(self.views),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_score": self.best_score,
+        }
+        if with_optimizer:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def _save(self, path, with_optimizer):
+        save_atomically(self._state(with_optimizer), path)
+
+    def resume(self, path):
+        """Continue from ``last.pth``: weights, item tables, optimizer, epoch and history."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--resume: no pre-training checkpoint at {path}")
+        state = torch.load(path, map_location=self.device)
+        if state["datasets"] != sorted(self.views) or state["model_config"] != self._state(False)["model_config"]:
+            raise ValueError(
+                f"--resume: {path} was pre-trained on {state['datasets']} with {state['model_config']}; "
+                f"this run is {sorted(self.views)} with {self._state(False)['model_config']}"
+            )
+        self.encoder.load_state_dict(state["encoder"])
+        for domain, view in self.views.items():
+            view.items.load_state_dict(state["item_tables"][domain])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.history, self.best_score = state["epoch"], state["history"], state["best_score"]
+        self.logger.info(set_color("Resuming pre-training", "blue") + f" after epoch {self.epoch - 1} from {path}")
+
+
+def load_pretrained(model, path, logger=None):
+    """Fine-tuning start (DESIGN.md §6): load a pre-trained encoder into ``model`` (an MMM4Rec).
+
+    Every domain-independent weight (adapters, layers, norms) comes from the checkpoint; the item tables
+    (features and item-modality bias) stay the new domain's own, freshly initialised. A checkpoint whose
+    tensors do not fit fails with the names and shapes of those tensors.
+    """
+    logger = logger or getLogger()
+    try:
+        state = torch.load(path, map_location="cpu")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"pretrained: no checkpoint at {path}") from None
+    except Exception as error:
+        raise ValueError(f"pretrained: {path} is not a readable checkpoint ({error})") from error
+    if not isinstance(state, dict) or "encoder" not in state:
+        raise ValueError(f"pretrained: {path} holds no 'encoder' weights (write one with --stage=pretrain)")
+    expected, given = model.encoder.state_dict(), state["encoder"]
+    problems = [f"{k}: missing from the checkpoint" for k in expected if k not in given]
+    problems += [f"{k}: in the checkpoint but not in this model" for k in given if k not in expected]
+    problems += [
+        f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items() if k in given and given[k].shape != v.shape
+    ]
+    if problems:
+        raise ValueError(
+            f"pretrained: {path} does not fit this model (pre-trained with {state.get('model_config')}):\n  "
+            + "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        )
+    model.encoder.load_state_dict(given)
+    fresh = [name for name, _ in model.items.named_parameters()]
+    logger.info(
+        set_color("pretrained", "blue") + f": {len(given)} encoder tensors loaded from {path} "
+        f"(pre-trained on {state.get('datasets')}, epoch {state.get('epoch')}); "
+        f"fresh, domain-specific: {', '.join('items.' + n for n in fresh) or 'none (without-ID variant)'}"
+    )

@@ -146,6 +146,22 @@ class MMM4Rec(SequentialRecommender):
         logits = self.encoder.scores(self._user_vector(interaction), self._all_items())
         return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
 
+    def calculate_in_batch_loss(self, interaction):
+        """Eq. 20, the pre-training loss: cross-entropy of each sequence against the targets of the batch.
+
+        logits [B, B] = scores of every user vector against every target of the batch; label = the diagonal.
+        A target that appears more than once in the batch is not a negative for the sequences whose own
+        target it is: those duplicate columns are masked out (-inf), so no sequence is pushed away from
+        its true next item.
+        """
+        targets = interaction[self.POS_ITEM_ID]  # [B]
+        user = self._user_vector(interaction)  # [B, D]
+        logits = self.encoder.scores(user, self.encoder.item_embeddings(self.items, targets))  # [B, B]
+        same = targets.unsqueeze(0) == targets.unsqueeze(1)  # [B, B]
+        false_negative = same & ~torch.eye(len(targets), dtype=torch.bool, device=targets.device)
+        logits = logits.masked_fill(false_negative, float("-inf"))
+        return self.loss_fct(logits, torch.arange(len(targets), device=targets.device))
+
     def predict(self, interaction):
         user = self._user_vector(interaction)
         text, image = self.encoder.item_embeddings(self.items, interaction[self.ITEM_ID])  # [B, D]

@@ -1,0 +1,137 @@
+"""Pre-training on several domains and transfer to a new one (DESIGN.md §3, §6)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from recbole.data import create_dataset, data_preparation
+
+import recbole_mmm4rec
+from conftest import TINY, build_model, make_config
+from recbole_mmm4rec.quick_start import PROJECT_ROOT
+from recbole_mmm4rec.trainers import load_pretrained
+
+SOURCE = PROJECT_ROOT / "atomic_data" / "scientific_mm"
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory):
+    """Two small real domains: disjoint halves of 800 scientific_mm users, each with the feature file."""
+    root = tmp_path_factory.mktemp("domains")
+    header, *rows = (SOURCE / "scientific_mm.inter").read_text().splitlines()
+    by_user = defaultdict(list)
+    for row in rows:
+        by_user[row.split("\t")[0]].append(row)
+    users = sorted(by_user)
+    for name, part in (("sci_a", users[:400]), ("sci_b", users[400:800])):
+        folder = root / name
+        folder.mkdir()
+        lines = [header] + [row for user in part for row in by_user[user]]
+        (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+        shutil.copy(SOURCE / "scientific_mm.features.npz", folder / f"{name}.features.npz")
+    return str(root)
+
+
+def _settings(domains, checkpoint_dir, **overrides):
+    return {**TINY, "data_path": domains, "checkpoint_dir": str(checkpoint_dir), "train_batch_size": 128,
+            "feature_dims": {"text": 512, "image": 512}, "learning_rate": 0.003, **overrides}
+
+
+@pytest.fixture(scope="module")
+def pretrained(domains, tmp_path_factory):
+    """Two epochs on sci_a + sci_b, uninterrupted: (history, run folder)."""
+    folder = tmp_path_factory.mktemp("pretrain")
+    return recbole_mmm4rec.pretrain(["sci_a", "sci_b"], config_dict=_settings(domains, folder, epochs=2))
+
+
+def test_pretraining_on_two_domains_lowers_the_loss(pretrained):
+    history, run_dir = pretrained
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert history[1]["loss"] < history[0]["loss"]
+    assert set(history[1]["valid"]) == {"sci_a", "sci_b"}
+    assert sorted(os.listdir(run_dir)) == ["best.pth", "last.pth"]
+    state = torch.load(os.path.join(run_dir, "last.pth"))  # torch's weights_only default
+    assert state["datasets"] == ["sci_a", "sci_b"] and state["epoch"] == 2
+    # each domain keeps its own item-modality bias, trained
+    biases = [state["item_tables"][d]["text.bias.weight"] for d in ("sci_a", "sci_b")]
+    assert all(b.abs().sum() > 0 for b in biases) and not torch.equal(*biases)
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_result(pretrained, domains, tmp_path):
+    recbole_mmm4rec.pretrain(["sci_a", "sci_b"], config_dict=_settings(domains, tmp_path, epochs=1))  # "crash"
+    history, run_dir = recbole_mmm4rec.pretrain(
+        ["sci_a", "sci_b"], config_dict=_settings(domains, tmp_path, epochs=2), resume=True
+    )
+    assert [h["epoch"] for h in history] == [0, 1]
+    resumed = torch.load(os.path.join(run_dir, "last.pth"))["encoder"]
+    uninterrupted = torch.load(os.path.join(pretrained[1], "last.pth"))["encoder"]
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def test_in_batch_loss_equals_hand_computed_cross_entropy(scientific):
+    config, dataset, train = scientific[0], scientific[1], scientific[2]
+    model = build_model(config, dataset)  # eval mode: no dropout
+    batch = next(iter(train))[:6]
+    targets = batch["item_id"].clone()
+    targets[3] = targets[0]  # a duplicate target
+    batch["item_id"] = targets
+    with torch.no_grad():
+        user = model.forward(batch["item_id_list"], batch["item_length"], batch["timestamp_list"])
+        text, image = model.encoder.item_embeddings(model.items, targets)
+        logits = (user @ text.T + user @ image.T) / config["temperature"]  # [6, 6]
+        expected = []
+        for i in range(6):
+            # candidates: own target, and every other column whose item differs
+            keep = [j for j in range(6) if j == i or targets[j] != targets[i]]
+            expected.append(-F.log_softmax(logits[i, keep], dim=0)[keep.index(i)])
+        assert torch.allclose(model.calculate_in_batch_loss(batch), torch.stack(expected).mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize("with_id", [True, False])
+def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, scientific, tiny_dict, caplog, with_id):
+    best = os.path.join(pretrained[1], "best.pth")
+    model = build_model(make_config(tiny_dict, item_modality_bias=with_id), scientific[1], seed=123)
+    with caplog.at_level("INFO"):
+        load_pretrained(model, best)
+    saved = torch.load(best)["encoder"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.encoder.state_dict().items())  # bit-identical
+    if with_id:  # the new domain's item-modality bias starts fresh (zero)
+        assert torch.count_nonzero(model.items["text"].bias.weight) == 0
+        assert "items.text.bias.weight" in caplog.text
+    else:
+        assert "without-ID" in caplog.text
+
+
+def test_mismatched_checkpoint_names_the_tensors(pretrained, scientific, tiny_dict, tmp_path):
+    wider = build_model(make_config(tiny_dict, hidden_size=48, inner_size=48), scientific[1])
+    with pytest.raises(ValueError, match=r"adapters\.text\.linear\.weight: checkpoint \(32, 512\) vs model \(48, 512\)"):
+        load_pretrained(wider, os.path.join(pretrained[1], "best.pth"))
+    deeper = build_model(make_config(tiny_dict, num_layers=2), scientific[1])
+    with pytest.raises(ValueError, match=r"layers\.1\.tissd\.in_proj\.weight: missing from the checkpoint"):
+        load_pretrained(deeper, os.path.join(pretrained[1], "best.pth"))
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt.pth is not a readable checkpoint"):
+        load_pretrained(wider, str(corrupt))
+
+
+def test_cli_pretrains_then_fine_tunes(domains, tmp_path):
+    flags = ["--hidden_size=32", "--inner_size=32", "--head_dim=16", "--n_groups=2", "--d_state=8",
+             "--show_progress=False", f"--data_path={domains}", f"--checkpoint_dir={tmp_path}",
+             "--feature_dims={'text': 512, 'image': 512}", "--epochs=1"]
+    script = str(PROJECT_ROOT / "run_recbole.py")
+    done = subprocess.run([sys.executable, script, "--model=MMM4Rec", "--stage=pretrain", "--dataset=sci_a",
+                           *flags], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    best = tmp_path / "MMM4Rec-pretrain-sci_a" / "best.pth"
+    done = subprocess.run([sys.executable, script, "--model=MMM4Rec", "--dataset=sci_b", f"--pretrained={best}",
+                           *flags], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "encoder tensors loaded from" in log and "test result" in log
