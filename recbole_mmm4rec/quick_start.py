@@ -147,6 +147,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
         "fit_seconds": fit_seconds,
         "test_seconds": test_seconds,
         "saved_model_file": trainer.saved_model_file if saved else None,
+        "history": getattr(trainer, "history", None),  # per epoch, for our trainers
     }
 
 

@@ -22,7 +22,25 @@ def nadam(parameters, learning_rate, weight_decay):
 
 
 class NAdamTrainer(Trainer):
-    """RecBole's ``Trainer`` that also knows ``learner: nadam``."""
+    """RecBole's ``Trainer`` that also knows ``learner: nadam`` and keeps a per-epoch ``history``
+    (training seconds, training loss, validation result) for convergence reports."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.history = []
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        start = perf_counter()
+        loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        self.history.append({"epoch": epoch_idx, "train_seconds": perf_counter() - start,
+                             "loss": float(sum(loss) if isinstance(loss, tuple) else loss)})
+        return loss
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        score, result = super()._valid_epoch(valid_data, show_progress)
+        if self.history:
+            self.history[-1]["valid"] = {k: float(v) for k, v in result.items()}
+        return score, result
 
     def _build_optimizer(self, **kwargs):
         if kwargs.get("learner", self.learner).lower() != "nadam":
