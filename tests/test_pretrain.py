@@ -135,3 +135,23 @@ def test_cli_pretrains_then_fine_tunes(domains, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stdout + done.stderr
     assert "encoder tensors loaded from" in log and "test result" in log
+
+
+def test_transfer_report_writes_table_json_and_plot(pretrained, domains, tmp_path, monkeypatch):
+    from recbole_mmm4rec import transfer_report
+
+    monkeypatch.setattr(sys, "argv", ["transfer_report"])  # main() hands the overrides to RecBole through it
+    best = os.path.join(pretrained[1], "best.pth")
+    flags = [f"--{k}={v}" for k, v in TINY.items()] + [
+        f"--data_path={domains}", f"--checkpoint_dir={tmp_path / 'ck'}", "--epochs=2",
+        "--feature_dims={'text': 512, 'image': 512}",
+    ]
+    summaries = transfer_report.main(["--dataset=sci_b", f"--pretrained={best}", f"--out={tmp_path / 'report'}", *flags])
+    assert set(summaries) == {"pre-trained", "from scratch"}
+    for s in summaries.values():
+        assert s["epochs_run"] == 2 and 1 <= s["epochs_to_best"] <= 2 and len(s["curve"]) == 2
+        assert 0 < s["test"]["ndcg@10"] <= s["test"]["recall@10"] <= 1
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| pre-trained | " in report and "| from scratch | " in report
+    assert (tmp_path / "report" / "valid_ndcg.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summaries["pre-trained"]["curve"] != summaries["from scratch"]["curve"]
