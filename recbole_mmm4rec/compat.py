@@ -18,9 +18,16 @@ call it again (``import recbole_mmm4rec`` does).
 4. ``Trainer._save_checkpoint`` writes in place (a crash mid-write leaves a broken file) with pickle
    protocol 4 (which torch's ``weights_only`` loader rejects). It now writes torch's default protocol to
    a temporary file and renames it (atomic on POSIX).
+5. PyPI's torchvision 0.28.0 (the one that matches torch 2.13) is a CUDA build: beside a CPU torch its
+   C extension does not load and ``import torchvision`` fails ("operator torchvision::nms does not
+   exist"), which also breaks ``open_clip``, ``transformers`` and ``sentence_transformers``. When the
+   extension cannot load, the two op schemas its Python side expects are defined (no kernels: the
+   feature extractors never call them).
 """
 
+import importlib.util
 import os
+import sys
 
 import numpy as np
 
@@ -37,6 +44,7 @@ _NUMPY_ALIASES = {
 }
 
 _applied = False
+_torchvision_schemas = None  # the torch.library.Library must stay alive for its definitions to hold
 
 
 def apply():
@@ -48,6 +56,7 @@ def apply():
     _require_pandas_2()
     _make_config_weights_only_loadable()
     _make_checkpoint_writes_atomic()
+    _make_torchvision_importable()
     _applied = True
 
 
@@ -135,3 +144,23 @@ def save_atomically(obj, path):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _make_torchvision_importable():
+    global _torchvision_schemas
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or "torchvision" in sys.modules or _torchvision_schemas is not None:
+        return
+    import torch
+
+    folder = spec.submodule_search_locations[0]
+    extension = next((f for f in os.listdir(folder) if f.startswith("_C.") and f.endswith(".so")), None)
+    try:
+        if extension is not None:
+            torch.ops.load_library(os.path.join(folder, extension))
+            return
+    except OSError:
+        pass
+    _torchvision_schemas = torch.library.Library("torchvision", "DEF")
+    for op in ("nms", "qnms"):
+        _torchvision_schemas.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")

@@ -89,3 +89,12 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
         save_atomically({"version": 2}, path)
     assert torch.load(path) == {"version": 1}
     assert os.listdir(tmp_path) == ["model.pth"]
+
+
+def test_torchvision_cuda_wheel_imports_beside_cpu_torch():
+    """PyPI's torchvision 0.28.0 (installed by the [test] and [features] extras) next to the CPU torch."""
+    pytest.importorskip("torchvision")  # recbole_mmm4rec was imported first, as every entry point does
+    import torchvision.transforms as transforms
+    from sentence_transformers import SentenceTransformer  # noqa: F401  (imports transformers too)
+
+    assert transforms.Resize(8).size == 8
