@@ -203,6 +203,6 @@ def load_pretrained(model, path, logger=None):
     fresh = [name for name, _ in model.items.named_parameters()]
     logger.info(
         set_color("pretrained", "blue") + f": {len(given)} encoder tensors loaded from {path} "
-        f"(pre-trained on {state.get('datasets')}, epoch {state.get('epoch')}); "
+        f"(pre-trained on {state.get('datasets')} for {state.get('epoch')} epochs); "
         f"fresh, domain-specific: {', '.join('items.' + n for n in fresh) or 'none (without-ID variant)'}"
     )

@@ -41,14 +41,16 @@ def markdown(summaries, dataset, pretrained):
         f"Pre-trained encoder: `{pretrained}`. Same configuration, seed and split for both runs; "
         "validation NDCG@10 selects the epoch; test metrics of that epoch (full ranking).",
         "",
-        "| run | epochs to best valid NDCG@10 | epochs run | s/epoch (train) | best valid NDCG@10 | "
-        + " | ".join(f"test {c.replace('recall', 'R').replace('ndcg', 'N')}" for c in TEST_COLUMNS) + " |",
-        "|---" * (5 + len(TEST_COLUMNS)) + "|",
+        "| run | epochs to best valid NDCG@10 | epochs run | s/epoch (train) | valid NDCG@10 after 1 epoch | "
+        "best valid NDCG@10 | " + " | ".join(f"test {c.replace('recall', 'R').replace('ndcg', 'N')}" for c in TEST_COLUMNS)
+        + " |",
+        "|---" * (6 + len(TEST_COLUMNS)) + "|",
     ]
     for label, s in summaries.items():
         lines.append(
             f"| {label} | {s['epochs_to_best']} | {s['epochs_run']} | {s['seconds_per_epoch']:.2f} | "
-            f"{s['best_valid']:.4f} | " + " | ".join(f"{s['test'][c]:.4f}" for c in TEST_COLUMNS) + " |"
+            f"{s['curve'][0]:.4f} | {s['best_valid']:.4f} | "
+            + " | ".join(f"{s['test'][c]:.4f}" for c in TEST_COLUMNS) + " |"
         )
     return "\n".join(lines) + "\n\n![validation NDCG@10 per epoch](valid_ndcg.png)\n"
 
@@ -88,15 +90,23 @@ def main(argv=None):
         result = run("MMM4Rec", args.dataset, files, config_dict={"pretrained": pretrained}, saved=True)
         summaries[label] = summarise(result)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(markdown(summaries, args.dataset, args.pretrained))
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump({"dataset": args.dataset, "pretrained": args.pretrained, "overrides": overrides,
                    "config_files": files, "runs": summaries}, f, indent=1)
-    plot(summaries, args.dataset, os.path.join(out, "valid_ndcg.png"))
-    print(markdown(summaries, args.dataset, args.pretrained))
-    print(f"written to {out}/")
+    render(out)
     return summaries
+
+
+def render(out):
+    """``report.md`` and ``valid_ndcg.png`` from ``report.json`` in the folder ``out``."""
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    text = markdown(report["runs"], report["dataset"], report["pretrained"])
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text)
+    plot(report["runs"], report["dataset"], os.path.join(out, "valid_ndcg.png"))
+    print(text)
+    print(f"written to {out}/")
 
 
 if __name__ == "__main__":
