@@ -174,6 +174,9 @@ class Pretrainer:
 def load_pretrained(model, path, logger=None):
     """Fine-tuning start (DESIGN.md §6): load a pre-trained encoder into ``model`` (an MMM4Rec).
 
+    ``path``: a ``--stage=pretrain`` checkpoint (``best.pth``/``last.pth``) or an MMM4Rec checkpoint that
+    ``run_recbole.py`` saved after training on another domain.
+
     Every domain-independent weight (adapters, layers, norms) comes from the checkpoint; the item tables
     (features and item-modality bias) stay the new domain's own, freshly initialised. A checkpoint whose
     tensors do not fit fails with the names and shapes of those tensors.
@@ -185,8 +188,15 @@ def load_pretrained(model, path, logger=None):
         raise FileNotFoundError(f"pretrained: no checkpoint at {path}") from None
     except Exception as error:
         raise ValueError(f"pretrained: {path} is not a readable checkpoint ({error})") from error
-    if not isinstance(state, dict) or "encoder" not in state:
-        raise ValueError(f"pretrained: {path} holds no 'encoder' weights (write one with --stage=pretrain)")
+    if isinstance(state, dict) and "encoder" not in state and "state_dict" in state:
+        # a RecBole checkpoint of an MMM4Rec trained on another domain: its encoder transfers the same way
+        encoder = {k[len("encoder."):]: v for k, v in state["state_dict"].items() if k.startswith("encoder.")}
+        state = {"encoder": encoder, "datasets": [state["config"]["dataset"]], "epoch": state.get("epoch", 0) + 1}
+    if not isinstance(state, dict) or not state.get("encoder"):
+        raise ValueError(
+            f"pretrained: {path} holds no MMM4Rec encoder weights (write one with --stage=pretrain, "
+            "or pass an MMM4Rec checkpoint saved by run_recbole.py)"
+        )
     expected, given = model.encoder.state_dict(), state["encoder"]
     problems = [f"{k}: missing from the checkpoint" for k in expected if k not in given]
     problems += [f"{k}: in the checkpoint but not in this model" for k in given if k not in expected]

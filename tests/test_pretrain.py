@@ -108,6 +108,16 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, scientific, 
         assert "without-ID" in caplog.text
 
 
+def test_a_fine_tuned_recbole_checkpoint_also_transfers(scientific, tiny_dict, tmp_path):
+    source = build_model(make_config(tiny_dict), scientific[1], seed=1)
+    path = tmp_path / "MMM4Rec-trained-elsewhere.pth"
+    torch.save({"config": scientific[0], "epoch": 4, "state_dict": source.state_dict()}, path)
+    target = build_model(make_config(tiny_dict), scientific[1], seed=2)
+    load_pretrained(target, str(path))
+    assert all(torch.equal(v, source.encoder.state_dict()[k]) for k, v in target.encoder.state_dict().items())
+    assert torch.count_nonzero(target.items["text"].bias.weight) == 0
+
+
 def test_mismatched_checkpoint_names_the_tensors(pretrained, scientific, tiny_dict, tmp_path):
     wider = build_model(make_config(tiny_dict, hidden_size=48, inner_size=48), scientific[1])
     with pytest.raises(ValueError, match=r"adapters\.text\.linear\.weight: checkpoint \(32, 512\) vs model \(48, 512\)"):
