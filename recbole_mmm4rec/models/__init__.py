@@ -1,5 +1,7 @@
 """Plugin models: each is a RecBole recommender, registered by ``recbole_mmm4rec.quick_start.register``."""
 
+from recbole_mmm4rec.models.mamba4rec import Mamba4Rec
 from recbole_mmm4rec.models.mmm4rec import MMM4Rec
+from recbole_mmm4rec.models.tim4rec import TiM4Rec
 
-PLUGIN_MODELS = {"MMM4Rec": MMM4Rec}
+PLUGIN_MODELS = {"MMM4Rec": MMM4Rec, "Mamba4Rec": Mamba4Rec, "TiM4Rec": TiM4Rec}

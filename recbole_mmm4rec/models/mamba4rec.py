@@ -1,0 +1,166 @@
+r"""Mamba4Rec on this project's Mamba-2 SSD block: an ID-based SSM sequential recommender.
+
+Liu et al., "Mamba4Rec: Towards Efficient Sequential Recommendation with Selective State Space
+Models", arXiv 2403.03900 (2024). Item ID embedding -> dropout -> LayerNorm -> ``num_layers`` blocks of
+[SSM block -> dropout -> residual LayerNorm -> FFN] -> the last real position -> dot product with the
+(tied) item embedding table, cross-entropy over all items.
+
+Difference from the paper, on purpose: the original uses Mamba-1's selective scan. Here the SSM block
+is the Mamba-2 (SSD) block of ``layers/tissd.py`` with its time path switched off (in_proj, causal conv
++ SiLU over [x, B, C], SSD, gated RMSNorm, out_proj), so that ONE SSD implementation serves every SSM
+model of the package (and mamba-ssm's fused kernel on CUDA, ``ssd_mode: auto``).
+Other choices: the FFN is ``layers.tissd.FeedForward`` (Hardswish, post-norm residual; the paper's FFN
+uses GELU) with ``inner_size`` 4·D by default; the residual around the SSM block is always there (the
+authors' code drops it when ``num_layers == 1``).
+
+``SSMRecommender`` is the skeleton shared with TiM4Rec (``models/tim4rec.py``), which turns the time
+path on.
+"""
+
+import torch
+import torch.nn as nn
+from recbole.model.abstract_recommender import SequentialRecommender
+
+from recbole_mmm4rec.layers.time import MaskedSequenceNorm, time_differences
+from recbole_mmm4rec.layers.tissd import FeedForward, TiSSD
+
+# The keys the layers read (TiSSD, SSDMixer, FeedForward), copied from the RecBole Config.
+LAYER_KEYS = ("hidden_size", "inner_size", "expand", "head_dim", "d_state", "n_groups", "chunk_size",
+              "ssd_mode", "d_conv", "norm_eps", "MAX_ITEM_LIST_LENGTH")
+
+
+class SSMLayer(nn.Module):
+    """One block: h = LN(Dropout(TiSSD(x, delta)) + x); out = FFN(h).
+
+    x [B, L, D], delta [B, H, L] or None, mask [B, L] -> (out [B, L, D], delta' [B, H, L] or None).
+    """
+
+    def __init__(self, layer_config):
+        super().__init__()
+        self.ssm = TiSSD(layer_config)
+        self.dropout = nn.Dropout(layer_config["hidden_dropout_prob"])
+        self.norm = nn.LayerNorm(layer_config["hidden_size"], eps=layer_config["norm_eps"])
+        self.ffn = FeedForward(layer_config)
+
+    def forward(self, x, delta, mask):
+        out, delta = self.ssm(x, delta, mask)
+        return self.ffn(self.norm(self.dropout(out) + x)), delta
+
+
+class SSMRecommender(SequentialRecommender):
+    r"""ID embedding -> SSM layers -> last real position -> tied dot-product scores (CE over all items).
+
+    Subclasses set ``TIME_AWARE``: False reads only ``item_id_list`` and ``item_length``; True also
+    reads RecBole's ``timestamp_list`` and threads the time signal through the layers.
+    """
+
+    TIME_AWARE = False
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        name = type(self).__name__
+        check_ssm_config(config, name)
+        if bool(config["time_aware"]) != self.TIME_AWARE:
+            raise ValueError(
+                f"{name}: time_aware must be {self.TIME_AWARE}, got {config['time_aware']} "
+                "(Mamba4Rec is the SSD recommender without time, TiM4Rec the one with time)"
+            )
+        if self.TIME_AWARE and config["TIME_FIELD"] not in dataset.field2type:
+            raise ValueError(
+                f"{name} reads the history's timestamps: load_col.inter must include {config['TIME_FIELD']!r}"
+            )
+        self.TIME_SEQ = f"{config['TIME_FIELD']}{config['LIST_SUFFIX']}"
+        layer_config = {key: config[key] for key in LAYER_KEYS}
+        layer_config.update(
+            time_aware=self.TIME_AWARE,
+            hidden_dropout_prob=config["dropout_prob"],
+            time_dropout_prob=config["time_dropout_prob"] if self.TIME_AWARE else 0.0,
+        )
+        hidden, eps = config["hidden_size"], config["norm_eps"]
+        self.item_embedding = nn.Embedding(self.n_items, hidden, padding_idx=0)
+        self.embedding_dropout = nn.Dropout(config["dropout_prob"])
+        self.embedding_norm = nn.LayerNorm(hidden, eps=eps)
+        if self.TIME_AWARE:
+            self.time_dropout = nn.Dropout(config["time_dropout_prob"])
+            self.time_norm = MaskedSequenceNorm(config["MAX_ITEM_LIST_LENGTH"], eps)
+        self.layers = nn.ModuleList(SSMLayer(layer_config) for _ in range(config["num_layers"]))
+        self.n_heads = self.layers[0].ssm.n_heads
+        self.loss_fct = nn.CrossEntropyLoss()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        """N(0, 0.02) linear and embedding weights, zero biases (and padding row), unit LayerNorms."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+        elif isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+
+    def _time_signal(self, timestamps, mask):
+        """timestamps [B, L] -> masked, normalised time differences, one row per head: [B, H, L]."""
+        delta = self.time_dropout(time_differences(timestamps, mask))  # [B, L], 0 on padding
+        return self.time_norm(delta.unsqueeze(1), mask).expand(-1, self.n_heads, -1)  # [B, H, L]
+
+    def forward(self, item_seq, item_seq_len, timestamps=None):
+        """item_seq [B, L] (right-padded with 0), item_seq_len [B], timestamps [B, L] or None -> [B, D]."""
+        mask = torch.arange(item_seq.shape[1], device=item_seq.device) < item_seq_len.unsqueeze(1)  # [B, L]
+        x = self.embedding_norm(self.embedding_dropout(self.item_embedding(item_seq)))  # [B, L, D]
+        delta = self._time_signal(timestamps, mask) if self.TIME_AWARE else None  # [B, H, L] or None
+        for layer in self.layers:
+            x, delta = layer(x, delta, mask)
+        return self.gather_indexes(x, item_seq_len - 1)  # [B, D]: the last real position
+
+    def _user_vector(self, interaction):
+        timestamps = interaction[self.TIME_SEQ] if self.TIME_AWARE else None
+        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], timestamps)
+
+    def calculate_loss(self, interaction):
+        """Cross-entropy over all items: logits [B, n_items] = user [B, D] @ item table [n_items, D]^T."""
+        logits = self._user_vector(interaction) @ self.item_embedding.weight.T
+        return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
+
+    def predict(self, interaction):
+        """Scores of the candidate items ``item_id`` [B] -> [B]."""
+        user = self._user_vector(interaction)  # [B, D]
+        return (user * self.item_embedding(interaction[self.ITEM_ID])).sum(-1)
+
+    def full_sort_predict(self, interaction):
+        """Scores of every item (id 0 included, as RecBole's models) -> [B, n_items]."""
+        return self._user_vector(interaction) @ self.item_embedding.weight.T
+
+
+class Mamba4Rec(SSMRecommender):
+    r"""Mamba4Rec (Liu et al., 2024) as a RecBole sequential recommender, on the Mamba-2 SSD block
+    (the paper's block is Mamba-1's selective scan; see the module docstring). Reads ``item_id_list``
+    and ``item_length``; needs ``train_neg_sample_args: ~`` and ``loss_type: CE``."""
+
+    TIME_AWARE = False
+
+
+def check_ssm_config(config, name):
+    """Fail early, naming the key, on values the layers cannot be built from."""
+    hidden, expand, head_dim = config["hidden_size"], config["expand"], config["head_dim"]
+    for key in ("hidden_size", "inner_size", "expand", "head_dim", "d_state", "n_groups", "chunk_size",
+                "d_conv", "num_layers"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ValueError(f"{name}: {key} must be a positive integer, got {config[key]!r}")
+    if (hidden * expand) % head_dim:
+        raise ValueError(f"{name}: hidden_size * expand = {hidden * expand} is not divisible by head_dim = {head_dim}")
+    n_heads = hidden * expand // head_dim
+    if n_heads % config["n_groups"]:
+        raise ValueError(f"{name}: n_groups = {config['n_groups']} must divide the number of heads {n_heads}")
+    if config["ssd_mode"] not in ("auto", "quadratic", "chunked"):
+        raise ValueError(f"{name}: ssd_mode must be auto, quadratic or chunked, got {config['ssd_mode']!r}")
+    for key in ("dropout_prob", "time_dropout_prob"):
+        if config[key] is not None and not 0 <= config[key] < 1:
+            raise ValueError(f"{name}: {key} must be in [0, 1), got {config[key]}")
+    if config["dropout_prob"] is None:
+        raise ValueError(f"{name}: dropout_prob is not set")
+    if config["loss_type"] != "CE":
+        raise ValueError(f"{name}: only loss_type CE (cross-entropy over all items) is supported, "
+                         f"got {config['loss_type']!r}")
