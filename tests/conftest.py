@@ -52,3 +52,17 @@ def build_model(config, dataset, seed=0):
 
     torch.manual_seed(seed)
     return MMM4Rec(config, dataset).eval()
+
+
+def load_script(name):
+    """A feature_extraction/ script (not a package module), loaded from its path."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "feature_extraction" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
