@@ -21,7 +21,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_environment, get_model, get_trainer, init_logger, init_seed, set_color
 
 from recbole_mmm4rec.data.dataset import MultiModalSequentialDataset
-from recbole_mmm4rec.models import Mamba4Rec, MMM4Rec, TiM4Rec
+from recbole_mmm4rec.models import Mamba4Rec, MMM4Rec, TextSASRec, TiM4Rec
 from recbole_mmm4rec.trainers import NAdamTrainer, Pretrainer, load_pretrained
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +32,7 @@ PLUGINS = {
     "MMM4Rec": (MMM4Rec, MultiModalSequentialDataset, NAdamTrainer),
     "Mamba4Rec": (Mamba4Rec, recbole.data.dataset.SequentialDataset, NAdamTrainer),
     "TiM4Rec": (TiM4Rec, recbole.data.dataset.SequentialDataset, NAdamTrainer),
+    "TextSASRec": (TextSASRec, MultiModalSequentialDataset, NAdamTrainer),
 }
 
 

@@ -1,0 +1,43 @@
+r"""TextSASRec: RecBole's SASRec with item IDs replaced by adapted text features.
+
+The text variant of an ID model that the MMM4Rec paper compares against (Table II, "T" / "T+ID"):
+SASRec (Kang & McAuley, ICDM 2018) unchanged, except that an item's embedding is its frozen text
+feature through a linear adapter (eq. 2 of MMM4Rec, the same ``ModalityAdapter``), both for the input
+sequence and for scoring the candidates. ``item_modality_bias: True`` adds a zero-initialised per-item
+bias (the "T+ID" setting); False is text only and transfers across domains.
+"""
+
+import torch
+import torch.nn as nn
+from recbole.model.sequential_recommender.sasrec import SASRec
+
+from recbole_mmm4rec.models.mmm4rec import ItemTable, ModalityAdapter
+
+
+class TextItemEmbedding(nn.Module):
+    """A drop-in for SASRec's ``nn.Embedding``: ``(ids) -> [*, D]`` and ``.weight`` -> [n_items, D]."""
+
+    def __init__(self, features, present, hidden_size, item_bias):
+        super().__init__()
+        self.table = ItemTable(features, present, hidden_size, item_bias)
+        self.adapter = ModalityAdapter(features.shape[1], hidden_size)
+
+    def forward(self, items):
+        return self.adapter(self.table, items)
+
+    @property
+    def weight(self):
+        return self.forward(torch.arange(self.table.features.shape[0], device=self.table.features.device))
+
+
+class TextSASRec(SASRec):
+    r"""SASRec over text features (needs a dataset with a ``text`` feature file, like MMM4Rec)."""
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        features, present = dataset.item_features["text"]
+        if not present[1:].all():
+            missing = int((~present[1:]).sum())
+            raise ValueError(f"TextSASRec: {missing} items have no text features; every item needs one")
+        self.item_embedding = TextItemEmbedding(features, present, self.hidden_size, config["item_modality_bias"])
+        self.item_embedding.adapter.apply(self._init_weights)
