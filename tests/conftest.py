@@ -66,3 +66,25 @@ def load_script(name):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# A tiny CLIP for open_clip tests: its bundled BPE tokenizer (a config named "siglip" would need a hub file).
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def tiny_clip_checkpoint(folder):
+    """Register the config "tiny-test-clip" with open_clip and save random weights; returns the weights path."""
+    import json
+
+    import open_clip
+
+    (folder / "tiny-test-clip.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(str(folder / "tiny-test-clip.json"))
+    torch.manual_seed(0)
+    path = folder / "tiny.pt"
+    torch.save(open_clip.create_model("tiny-test-clip", pretrained=None).state_dict(), path)
+    return str(path)

@@ -1,38 +1,22 @@
 """open_clip features offline: a tiny randomly initialised CLIP config, real local files, resume."""
 
-import json
-
 import numpy as np
 import pytest
 
 open_clip = pytest.importorskip("open_clip")
 from PIL import Image  # noqa: E402
 
-from conftest import load_script  # noqa: E402
+from conftest import load_script, tiny_clip_checkpoint  # noqa: E402
 
 encode_clip = load_script("encode_clip")
 
 
-TINY_CLIP = {  # open_clip's bundled BPE tokenizer; the name must not contain "siglip" (that needs a hub file)
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 TOKENS = ["B001", "B002", "B003", "B004", "B005"]
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clip")
-    (folder / "tiny-test-clip.json").write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(str(folder / "tiny-test-clip.json"))
-    import torch
-
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-test-clip", pretrained=None)
-    path = folder / "tiny.pt"
-    torch.save(model.state_dict(), path)
-    return str(path)
+    return tiny_clip_checkpoint(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture
