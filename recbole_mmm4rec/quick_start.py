@@ -21,6 +21,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_environment, get_model, get_trainer, init_logger, init_seed, set_color
 
 from recbole_mmm4rec.data.dataset import MultiModalSequentialDataset
+from recbole_mmm4rec.history import with_history
 from recbole_mmm4rec.models import Mamba4Rec, MMM4Rec, TextSASRec, TiM4Rec
 from recbole_mmm4rec.trainers import NAdamTrainer, Pretrainer, load_pretrained
 
@@ -103,7 +104,9 @@ def _command_line_value(key):
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
     """Train on the train split, select on valid, evaluate on test: RecBole's ``run_recbole`` flow.
 
-    Returns RecBole's result dict plus ``epochs``, ``fit_seconds``, ``test_seconds`` and ``saved_model_file``.
+    Returns RecBole's result dict plus ``epochs``, ``fit_seconds``, ``test_seconds``, ``saved_model_file``,
+    ``parameters`` (trainable) and ``history`` (per epoch: train seconds, loss, validation result; for every
+    trainer, ours and RecBole's, see ``recbole_mmm4rec.history``).
     """
     config = build_config(model, dataset, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -121,7 +124,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     if config["pretrained"]:
         load_pretrained(model, config["pretrained"], logger)
     logger.info(model)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer = with_history(get_trainer(config["MODEL_TYPE"], config["model"]))(config, model)
 
     start = perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
@@ -143,6 +146,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     )
     return {
         "best_valid_score": best_valid_score,
+        "valid_metric": config["valid_metric"].lower(),
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
@@ -150,7 +154,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
         "fit_seconds": fit_seconds,
         "test_seconds": test_seconds,
         "saved_model_file": trainer.saved_model_file if saved else None,
-        "history": getattr(trainer, "history", None),  # per epoch, for our trainers
+        "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "history": trainer.history,
     }
 
 

@@ -10,6 +10,7 @@ from recbole.utils import set_color
 from tqdm import tqdm
 
 from recbole_mmm4rec.compat import save_atomically
+from recbole_mmm4rec.history import EpochHistory
 
 # The hyperparameters an encoder's weights depend on: stored with a pre-trained checkpoint.
 ENCODER_KEYS = ("hidden_size", "inner_size", "num_layers", "d_state", "d_conv", "expand", "head_dim",
@@ -21,26 +22,9 @@ def nadam(parameters, learning_rate, weight_decay):
     return torch.optim.NAdam(parameters, lr=learning_rate, weight_decay=weight_decay)
 
 
-class NAdamTrainer(Trainer):
+class NAdamTrainer(EpochHistory, Trainer):
     """RecBole's ``Trainer`` that also knows ``learner: nadam`` and keeps a per-epoch ``history``
-    (training seconds, training loss, validation result) for convergence reports."""
-
-    def __init__(self, config, model):
-        super().__init__(config, model)
-        self.history = []
-
-    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
-        start = perf_counter()
-        loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
-        self.history.append({"epoch": epoch_idx, "train_seconds": perf_counter() - start,
-                             "loss": float(sum(loss) if isinstance(loss, tuple) else loss)})
-        return loss
-
-    def _valid_epoch(self, valid_data, show_progress=False):
-        score, result = super()._valid_epoch(valid_data, show_progress)
-        if self.history:
-            self.history[-1]["valid"] = {k: float(v) for k, v in result.items()}
-        return score, result
+    (training seconds, training loss, validation result; ``recbole_mmm4rec.history``) for convergence reports."""
 
     def _build_optimizer(self, **kwargs):
         if kwargs.get("learner", self.learner).lower() != "nadam":

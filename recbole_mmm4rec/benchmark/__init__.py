@@ -1,0 +1,31 @@
+"""Side-by-side benchmark: models × datasets × seeds, each cell trained and tested by ``recbole_mmm4rec.run``.
+
+    python -m recbole_mmm4rec.benchmark benchmarks/<name>.yaml [--force] [--report-only] [--out DIR]
+
+The benchmark file::
+
+    description: one paragraph for the results' README            # optional
+    models: [Pop, SASRec, MMM4Rec]                                # ours or RecBole's, case-sensitive
+    seeds: [2020, 2021, 2022]
+    datasets:                                                     # dataset -> its budget, the same for all models
+      scientific_mm: {epochs: 20, stopping_step: 5}               #   (plus any RecBole key, e.g. data_path)
+    config: {eval_batch_size: 4096}                               # optional: every cell
+    model_config:                                                 # optional: per model
+      MMM4Rec: {config_files: [properties/quick_cpu.yaml], config: {hidden_size: 64}}
+    reference:                                                    # optional: published figures, "(paper)" rows
+      scientific_mm:
+        source: MMM4Rec paper, Table II (its Scientific is the full domain, not this subset)
+        models: {MMM4Rec: {recall@10: 0.1348, ndcg@10: 0.0724}}
+
+Every cell gets our defaults (``properties/overall.yaml``: split, full ranking, metrics; then the model's
+and the dataset's yaml), then the model's ``config_files``, then ``config`` < the dataset's budget < the
+model's ``config`` < the seed. Cells run in a fresh process each and are recorded under
+``<out>/cells/<dataset>/<model>/seed<seed>.json`` (default ``<out>``: ``results/<name>/`` next to the
+benchmark file). A rerun skips every cell already finished with the same settings; ``--force`` redoes
+them. Then ``report.py`` writes ``<dataset>.md``, ``<dataset>.csv``, ``<dataset>_valid_ndcg.png`` and
+``README.md`` into ``<out>``.
+"""
+
+from recbole_mmm4rec.benchmark.spec import Benchmark, SpecError, load
+
+__all__ = ["Benchmark", "SpecError", "load"]

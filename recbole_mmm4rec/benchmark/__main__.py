@@ -1,0 +1,96 @@
+"""python -m recbole_mmm4rec.benchmark benchmarks/<name>.yaml [--force] [--report-only] [--out DIR]
+
+Runs every (model, dataset, seed) cell of the benchmark file that is not finished yet, each in a fresh
+process, then writes the tables, CSVs, plots and README (see ``recbole_mmm4rec/benchmark/__init__.py``).
+``--cell MODEL DATASET SEED`` runs one cell in this process (what the runner starts for each cell).
+"""
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+from recbole_mmm4rec.benchmark.cells import cell_file, is_finished, log_file, read_cell, run_in_subprocess, train_cell
+from recbole_mmm4rec.benchmark.report import write_reports
+from recbole_mmm4rec.benchmark.spec import SpecError, load
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m recbole_mmm4rec.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", help="the benchmark file, e.g. benchmarks/scientific_mm.yaml")
+    parser.add_argument("--out", help="results folder (default: results/<name>/ next to the benchmark file)")
+    parser.add_argument("--force", action="store_true", help="redo finished cells too")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the tables from finished cells")
+    parser.add_argument("--cell", nargs=3, metavar=("MODEL", "DATASET", "SEED"), help="run one cell here")
+    args = parser.parse_args(argv)
+
+    try:
+        bench = load(args.spec)
+    except SpecError as error:
+        parser.error(str(error))
+    out = Path(args.out) if args.out else bench.default_out
+    if args.cell:
+        return run_one_cell(parser, bench, out, *args.cell)
+    failed = 0 if args.report_only else run_all(bench, out, force=args.force)
+    for path in write_reports(bench, out):
+        print(f"written: {path}")
+    return 1 if failed else 0
+
+
+def run_all(bench, out, force=False):
+    """Run the cells that are not finished (all of them with ``force``); returns the number that failed."""
+    cells = bench.cells()
+    print(f"benchmark {bench.name}: {len(bench.models)} models × {len(bench.datasets)} datasets × "
+          f"{len(bench.seeds)} seeds = {len(cells)} cells, results in {out}/", flush=True)
+    counts = Counter()
+    for i, (model, dataset, seed) in enumerate(cells, 1):
+        label = f"[{i:>{len(str(len(cells)))}}/{len(cells)}] {model} on {dataset}, seed {seed}"
+        previous = read_cell(cell_file(out, model, dataset, seed))
+        if not force and is_finished(previous, bench.settings(model, dataset, seed)):
+            print(f"{label}: skipped, finished {previous.get('finished_at', '')} (--force redoes it)", flush=True)
+            counts["skipped"] += 1
+            continue
+        print(f"{label}: {_why_run(previous, force)} (log: {log_file(out, model, dataset, seed)})", flush=True)
+        record = run_in_subprocess(bench, out, model, dataset, seed)
+        print(f"{label}: {_outcome(record)}", flush=True)
+        counts[record["status"]] += 1
+    print(f"{counts['ok']} cells trained, {counts['skipped']} skipped (finished before), {counts['failed']} failed",
+          flush=True)
+    return counts["failed"]
+
+
+def run_one_cell(parser, bench, out, model, dataset, seed):
+    if model not in bench.models or dataset not in bench.datasets or not seed.lstrip("-").isdigit() \
+            or int(seed) not in bench.seeds:
+        parser.error(f"--cell {model} {dataset} {seed}: not a cell of {bench.path} "
+                     f"(models {list(bench.models)}, datasets {list(bench.datasets)}, seeds {list(bench.seeds)})")
+    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value overrides from the command line: none here
+    record = train_cell(bench, out, model, dataset, int(seed))
+    print(f"cell {model} on {dataset}, seed {seed}: {_outcome(record)}")
+    return 0 if record["status"] == "ok" else 1
+
+
+def _why_run(previous, force):
+    if previous is None:
+        return "training"
+    if force:
+        return "training again (--force)"
+    if previous.get("status") == "failed":
+        return "training again (failed before)"
+    return "training again (its settings in the benchmark file changed)"
+
+
+def _outcome(record):
+    if record["status"] != "ok":
+        return f"FAILED: {record.get('error', '').splitlines()[0] if record.get('error') else 'unknown error'}"
+    test = record["test"]
+    wall = f" in {record['wall_seconds']:.0f}s" if "wall_seconds" in record else ""
+    return (f"done{wall}: {record['epochs_run']} epochs (best {record['best_epoch']}), "
+            f"test R@10 {test.get('recall@10', float('nan')):.4f} N@10 {test.get('ndcg@10', float('nan')):.4f}, "
+            f"{record['train_seconds_per_epoch']:.2f} s/epoch, {record['parameters']:,} parameters, "
+            f"peak {record['peak_memory_mib']:,.0f} MiB {record['peak_memory_kind']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

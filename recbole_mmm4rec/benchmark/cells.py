@@ -1,0 +1,195 @@
+"""One benchmark cell = one (model, dataset, seed) run of ``recbole_mmm4rec.run``, recorded as JSON.
+
+The runner starts every cell in a fresh Python process (``python -m recbole_mmm4rec.benchmark SPEC
+--cell MODEL DATASET SEED``): cells cannot leak state into each other, and the process's peak memory is
+the cell's own. The child writes ``cells/<dataset>/<model>/seed<seed>.json`` atomically, also when training
+fails; the parent streams the child's output into ``logs/<dataset>/<model>-seed<seed>.log`` and prints one
+line per epoch.
+"""
+
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from time import perf_counter
+
+from recbole_mmm4rec.benchmark.spec import resolve
+
+
+def cell_file(out, model, dataset, seed):
+    return Path(out) / "cells" / dataset / model / f"seed{seed}.json"
+
+
+def log_file(out, model, dataset, seed):
+    return Path(out) / "logs" / dataset / f"{model}-seed{seed}.log"
+
+
+def read_cell(path):
+    """The recorded cell, or None when there is none (or it is unreadable)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_finished(cell, settings):
+    """A cell counts as done when it succeeded with the settings the benchmark file gives it now."""
+    return bool(cell) and cell.get("status") == "ok" and cell.get("settings") == _as_json(settings)
+
+
+def write_json_atomically(path, data):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+# --- in the child process -------------------------------------------------------------------------------
+
+def train_cell(bench, out, model, dataset, seed):
+    """Train and test one cell in this process; write its JSON (``status`` ok or failed). Returns the record."""
+    settings = bench.settings(model, dataset, seed)
+    record = {"model": model, "dataset": dataset, "seed": seed, "settings": _as_json(settings)}
+    try:
+        record.update(status="ok", **_train(model, dataset, settings))
+    except Exception as error:  # recorded, so that one failing cell never loses the others
+        traceback.print_exc()
+        record.update(status="failed", error=f"{type(error).__name__}: {error}")
+    record.update(log=str(log_file(out, model, dataset, seed).relative_to(out)), environment=_environment(),
+                  finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_json_atomically(cell_file(out, model, dataset, seed), record)
+    return record
+
+
+def _train(model, dataset, settings):
+    import torch
+
+    from recbole_mmm4rec.quick_start import run
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    files = [str(resolve(f)) for f in settings["config_files"]]
+    with tempfile.TemporaryDirectory(prefix="benchmark-checkpoint-") as checkpoints:
+        config = {**settings["config"], "checkpoint_dir": checkpoints, "show_progress": False}
+        result = run(model, dataset, files, config, saved=True)  # saved: the test uses the best epoch
+    return summarise(result)
+
+
+def summarise(result):
+    """What a cell records from ``run()``'s result: test metrics, convergence, time, size, memory."""
+    history, metric = result["history"], result["valid_metric"]
+    valid = [(h["epoch"], h["valid"][metric]) for h in history if "valid" in h]
+    return {
+        "test": {k: float(v) for k, v in result["test_result"].items()},
+        "best_valid": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
+        "valid_metric": metric,
+        "best_epoch": _best_epoch(valid, result["valid_score_bigger"]),
+        "epochs_run": len(history),
+        "train_seconds_per_epoch": sum(h["train_seconds"] for h in history) / max(len(history), 1),
+        "fit_seconds_per_epoch": result["fit_seconds"] / max(len(history), 1),
+        "fit_seconds": result["fit_seconds"],
+        "test_seconds": result["test_seconds"],
+        "parameters": result["parameters"],
+        **_peak_memory(),
+        "history": history,
+    }
+
+
+def _best_epoch(valid, bigger):
+    """1-based epoch of the checkpoint RecBole tests: the last epoch that reached the best validation score
+    (RecBole's early stopping keeps a later epoch on a tie)."""
+    if not valid:
+        return None
+    best = max(v for _, v in valid) if bigger else min(v for _, v in valid)
+    return [epoch for epoch, v in valid if v == best][-1] + 1
+
+
+def _peak_memory():
+    """The GPU's peak allocated memory when the run used CUDA, else this process's peak resident memory."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return {"peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20, "peak_memory_kind": "GPU"}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return {"peak_memory_mib": peak / (2**20 if sys.platform == "darwin" else 2**10), "peak_memory_kind": "RSS"}
+
+
+def _environment():
+    import recbole
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    return {"device": device, "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "recbole": recbole.__version__}
+
+
+def _as_json(data):
+    return json.loads(json.dumps(data))
+
+
+# --- in the parent process ------------------------------------------------------------------------------
+
+def run_in_subprocess(bench, out, model, dataset, seed):
+    """Run one cell in a fresh Python process, streaming its output to the cell's log. Returns the record."""
+    cell_path, log_path = cell_file(out, model, dataset, seed), log_file(out, model, dataset, seed)
+    cell_path.unlink(missing_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "recbole_mmm4rec.benchmark", str(bench.path), "--out", str(out),
+               "--cell", model, dataset, str(seed)]
+    start = perf_counter()
+    with open(log_path, "w") as log:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        progress = EpochProgress()
+        for line in child.stdout:
+            log.write(line)
+            progress.show(line)
+        returncode = child.wait()
+    record = read_cell(cell_path)
+    if record is None:  # the child died before writing its record (killed, out of memory, ...)
+        tail = _tail(log_path)
+        last = tail.strip().splitlines()[-1] if tail.strip() else "no output"
+        record = {"model": model, "dataset": dataset, "seed": seed,
+                  "settings": _as_json(bench.settings(model, dataset, seed)), "status": "failed",
+                  "error": f"its process exited with code {returncode} before writing a record: {last}",
+                  "log_tail": tail, "log": str(log_path.relative_to(out))}
+        write_json_atomically(cell_path, record)
+    record["wall_seconds"] = perf_counter() - start
+    return record
+
+
+class EpochProgress:
+    """Turns RecBole's epoch log lines into one short progress line per evaluated epoch."""
+
+    TRAIN = re.compile(r"epoch (\d+) training \[time: ([\d.]+)s")
+    VALID = re.compile(r"epoch (\d+) evaluating \[time: [\d.]+s, valid_score: ([-\d.]+)\]")
+    COLOR = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self):
+        self.train_seconds = None
+
+    def show(self, line):
+        line = self.COLOR.sub("", line)
+        if match := self.TRAIN.search(line):
+            self.train_seconds = float(match.group(2))
+        elif match := self.VALID.search(line):
+            print(f"      epoch {int(match.group(1)) + 1:>3}: train {self.train_seconds or 0:.1f}s, "
+                  f"valid score {float(match.group(2)):.4f}", flush=True)
+
+
+def _tail(path, lines=15):
+    return "".join(Path(path).read_text(errors="replace").splitlines(keepends=True)[-lines:])

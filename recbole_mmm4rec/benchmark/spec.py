@@ -1,0 +1,230 @@
+"""The benchmark file (``benchmarks/<name>.yaml``): models, datasets with their budget, seeds, overrides.
+
+Every problem stops loading with an error naming the file and the field, e.g.
+``benchmarks/x.yaml: datasets.scientific_mm.epochs: required (the training budget of this dataset)``.
+See ``recbole_mmm4rec/benchmark/__init__.py`` for the format.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from recbole_mmm4rec.quick_start import PROJECT_ROOT, PROPERTIES, check_model_name
+
+TABLE_METRICS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50")
+TOP_LEVEL_KEYS = ("description", "models", "datasets", "seeds", "config", "model_config", "reference")
+PER_CELL_KEYS = ("model", "dataset", "seed")  # the runner sets these for every cell
+BUDGET_KEYS = ("epochs", "stopping_step")  # one budget per dataset, the same for every model
+
+
+class SpecError(ValueError):
+    def __init__(self, path, field, problem):
+        super().__init__(f"{path}: {field}: {problem}")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    path: Path
+    models: tuple  # model names, ours or RecBole's
+    datasets: dict  # dataset -> its budget and config overrides
+    seeds: tuple
+    config: dict  # overrides for every cell
+    model_config: dict  # model -> {"config_files": [...], "config": {...}}
+    reference: dict  # dataset -> {"source": str, "models": {label: {metric: value}}}
+    description: str = ""
+
+    @property
+    def name(self):
+        return self.path.stem
+
+    @property
+    def default_out(self):
+        """Where results go without ``--out``: ``results/<name>/`` next to the benchmark file."""
+        return self.path.parent / "results" / self.name
+
+    def cells(self):
+        """Every (model, dataset, seed), one seed of all models after the other, so that an interrupted
+        run already compares all models."""
+        return [(m, d, s) for d in self.datasets for s in self.seeds for m in self.models]
+
+    def settings(self, model, dataset, seed):
+        """What ``run()`` gets for this cell. Later wins: common config < dataset budget < model config < seed."""
+        per_model = self.model_config.get(model, {})
+        return {
+            "config_files": list(per_model.get("config_files", [])),
+            "config": {**self.config, **self.datasets[dataset], **per_model.get("config", {}), "seed": seed},
+        }
+
+
+def load(path):
+    """Read and validate a benchmark file; returns a ``Benchmark``."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise SpecError(path, unknown[0], f"unknown key (allowed: {', '.join(TOP_LEVEL_KEYS)})")
+    for key in ("models", "datasets", "seeds"):
+        if key not in raw:
+            raise SpecError(path, key, "required")
+    models = _models(path, raw["models"])
+    config = _overrides(path, "config", raw.get("config") or {}, forbidden=PER_CELL_KEYS + BUDGET_KEYS)
+    datasets = {name: _dataset(path, name, budget, config)
+                for name, budget in _mapping(path, "datasets", raw["datasets"], non_empty=True).items()}
+    return Benchmark(
+        path=path,
+        models=models,
+        datasets=datasets,
+        seeds=_seeds(path, raw["seeds"]),
+        config=config,
+        model_config=_model_config(path, raw.get("model_config") or {}, models),
+        reference=_reference(path, raw.get("reference") or {}, datasets),
+        description=str(raw.get("description") or ""),
+    )
+
+
+def resolve(path_text):
+    """A relative path from the working directory if it exists there, else from the project root."""
+    path = Path(path_text).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return PROJECT_ROOT / path
+
+
+def _read_yaml(path):
+    if not path.is_file():
+        raise SpecError(path, "file", "not found")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as error:
+        raise SpecError(path, "file", f"not valid yaml ({error})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(path, "file", "expected a mapping with the keys models, datasets and seeds")
+    return raw
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml's safe loader that also reads ``1e-3`` as a number, as RecBole's config files do."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def _mapping(path, field, value, non_empty=False):
+    if not isinstance(value, dict) or (non_empty and not value):
+        raise SpecError(path, field, f"expected a {'non-empty ' if non_empty else ''}mapping, got {value!r}")
+    return value
+
+
+def _unique_list(path, field, value, item_type):
+    if not isinstance(value, list) or not value:
+        raise SpecError(path, field, f"expected a non-empty list, got {value!r}")
+    for i, item in enumerate(value):
+        if not isinstance(item, item_type) or isinstance(item, bool):
+            raise SpecError(path, f"{field}[{i}]", f"expected {item_type.__name__}, got {item!r}")
+    duplicates = sorted({str(item) for item in value if value.count(item) > 1})
+    if duplicates:
+        raise SpecError(path, field, f"listed twice: {', '.join(duplicates)}")
+    return tuple(value)
+
+
+def _models(path, value):
+    models = _unique_list(path, "models", value, str)
+    for i, model in enumerate(models):
+        try:
+            check_model_name(model)
+        except ValueError as error:
+            raise SpecError(path, f"models[{i}]", str(error)) from None
+    return models
+
+
+def _seeds(path, value):
+    return _unique_list(path, "seeds", value, int)
+
+
+def _overrides(path, field, value, forbidden):
+    _mapping(path, field, value)
+    for key in value:
+        if key in forbidden:
+            where = "the seeds list" if key == "seed" else (
+                "the datasets section (one budget per dataset)" if key in BUDGET_KEYS else "the runner")
+            raise SpecError(path, f"{field}.{key}", f"not allowed here: set by {where}")
+    return dict(value)
+
+
+def _dataset(path, name, budget, config):
+    field = f"datasets.{name}"
+    budget = _overrides(path, field, budget, forbidden=PER_CELL_KEYS)
+    epochs, stopping = budget.get("epochs"), budget.get("stopping_step")
+    if not _integer(epochs, minimum=1):
+        raise SpecError(path, f"{field}.epochs", f"required, a positive integer (the budget), got {epochs!r}")
+    if not _integer(stopping, minimum=0):
+        raise SpecError(path, f"{field}.stopping_step", f"required, an integer >= 0, got {stopping!r}")
+    data_path = budget.get("data_path") or config.get("data_path") or _default_data_path()
+    folder = resolve(data_path) / name
+    if not (folder / f"{name}.inter").is_file():
+        raise SpecError(path, field, f"no dataset folder with {name}.inter at {folder} (data_path: {data_path})")
+    return budget
+
+
+def _integer(value, minimum):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _default_data_path():
+    return yaml.load((PROPERTIES / "overall.yaml").read_text(), Loader=_Loader)["data_path"]
+
+
+def _model_config(path, value, models):
+    _mapping(path, "model_config", value)
+    result = {}
+    for model, entry in value.items():
+        field = f"model_config.{model}"
+        if model not in models:
+            raise SpecError(path, field, f"{model!r} is not in models ({', '.join(models)})")
+        entry = _mapping(path, field, entry or {})
+        unknown = sorted(set(entry) - {"config_files", "config"})
+        if unknown:
+            raise SpecError(path, f"{field}.{unknown[0]}", "unknown key (allowed: config_files, config)")
+        files = entry.get("config_files") or []
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise SpecError(path, f"{field}.config_files", f"expected a list of yaml paths, got {files!r}")
+        for i, file in enumerate(files):
+            if not resolve(file).is_file():
+                raise SpecError(path, f"{field}.config_files[{i}]", f"no file {file} (nor {resolve(file)})")
+        config = _overrides(path, f"{field}.config", entry.get("config") or {}, forbidden=PER_CELL_KEYS + BUDGET_KEYS)
+        result[model] = {"config_files": files, "config": config}
+    return result
+
+
+def _reference(path, value, datasets):
+    _mapping(path, "reference", value)
+    result = {}
+    for dataset, entry in value.items():
+        field = f"reference.{dataset}"
+        if dataset not in datasets:
+            raise SpecError(path, field, f"{dataset!r} is not in datasets ({', '.join(datasets)})")
+        entry = _mapping(path, field, entry)
+        unknown = sorted(set(entry) - {"source", "models"})
+        if unknown:
+            raise SpecError(path, f"{field}.{unknown[0]}", "unknown key (allowed: source, models)")
+        if not isinstance(entry.get("source"), str) or not entry["source"].strip():
+            raise SpecError(path, f"{field}.source",
+                            "required: where the figures come from, and how that setting differs")
+        rows = _mapping(path, f"{field}.models", entry.get("models"), non_empty=True)
+        for label, figures in rows.items():
+            _mapping(path, f"{field}.models.{label}", figures, non_empty=True)
+            for metric, number in figures.items():
+                if metric not in TABLE_METRICS:
+                    raise SpecError(path, f"{field}.models.{label}.{metric}",
+                                    f"unknown metric (allowed: {', '.join(TABLE_METRICS)})")
+                if not isinstance(number, (int, float)) or isinstance(number, bool):
+                    raise SpecError(path, f"{field}.models.{label}.{metric}", f"expected a number, got {number!r}")
+        result[dataset] = {"source": entry["source"].strip(), "models": {str(k): dict(v) for k, v in rows.items()}}
+    return result
