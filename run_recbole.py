@@ -4,6 +4,7 @@
     python run_recbole.py --model=SASRec --dataset=scientific_mm --config_files="a.yaml b.yaml"
     python run_recbole.py --model=MMM4Rec --stage=pretrain --dataset=office,scientific [--resume]
     python run_recbole.py --model=MMM4Rec --dataset=office --pretrained=saved/MMM4Rec-pretrain-.../best.pth
+    python run_recbole.py --model=UniSRec --stage=pretrain --dataset=office,scientific
 
 Every other ``--key=value`` overrides a config value, as in RecBole. Defaults: properties/.
 """
@@ -18,16 +19,17 @@ if __name__ == "__main__":
     parser.add_argument("--dataset", "-d", default="scientific_mm", help="dataset folder under data_path")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
     parser.add_argument("--stage", choices=["finetune", "pretrain"], default="finetune",
-                        help="pretrain: MMM4Rec on the union of --dataset=A,B,... with in-batch negatives")
+                        help="pretrain: MMM4Rec or UniSRec on the union of --dataset=A,B,... with in-batch negatives")
     parser.add_argument("--resume", nargs="?", const="True", default="False",
                         help="pre-training: continue from the run's last.pth")
     args, _ = parser.parse_known_args()  # the rest is read by RecBole's Config from sys.argv
 
     config_files = args.config_files.strip().split(" ") if args.config_files else None
     if args.stage == "pretrain":
-        if args.model != "MMM4Rec":
-            parser.error("--stage=pretrain is for --model=MMM4Rec")
+        pretrainable = recbole_mmm4rec.quick_start.PRETRAINABLE
+        if args.model not in pretrainable:
+            parser.error(f"--stage=pretrain is for --model={' or --model='.join(pretrainable)}")
         resume = args.resume.lower() in ("true", "1", "yes")
-        recbole_mmm4rec.pretrain(args.dataset.split(","), config_files, resume=resume)
+        recbole_mmm4rec.pretrain(args.dataset.split(","), config_files, resume=resume, model=args.model)
     else:
         recbole_mmm4rec.run(model=args.model, dataset=args.dataset, config_file_list=config_files)

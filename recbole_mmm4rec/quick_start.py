@@ -22,7 +22,7 @@ from recbole.utils import get_environment, get_model, get_trainer, init_logger, 
 
 from recbole_mmm4rec.data.dataset import MultiModalSequentialDataset
 from recbole_mmm4rec.history import with_history
-from recbole_mmm4rec.models import Mamba4Rec, MMM4Rec, TextSASRec, TiM4Rec
+from recbole_mmm4rec.models import Mamba4Rec, MMM4Rec, TextSASRec, TiM4Rec, UniSRec
 from recbole_mmm4rec.trainers import NAdamTrainer, Pretrainer, load_pretrained
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +34,10 @@ PLUGINS = {
     "Mamba4Rec": (Mamba4Rec, recbole.data.dataset.SequentialDataset, NAdamTrainer),
     "TiM4Rec": (TiM4Rec, recbole.data.dataset.SequentialDataset, NAdamTrainer),
     "TextSASRec": (TextSASRec, MultiModalSequentialDataset, NAdamTrainer),
+    "UniSRec": (UniSRec, MultiModalSequentialDataset, NAdamTrainer),
 }
+# the models --stage=pretrain knows (what they provide: trainers.Pretrainer)
+PRETRAINABLE = tuple(name for name, (model_class, _, _) in PLUGINS.items() if hasattr(model_class, "ENCODER_KEYS"))
 
 
 def register():
@@ -159,20 +162,22 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     }
 
 
-def pretrain(datasets, config_file_list=None, config_dict=None, resume=False):
-    """Pre-train MMM4Rec on the union of several datasets (``--stage=pretrain --dataset=A,B``).
+def pretrain(datasets, config_file_list=None, config_dict=None, resume=False, model="MMM4Rec"):
+    """Pre-train a model (MMM4Rec, UniSRec) on the union of several datasets (``--stage=pretrain --dataset=A,B``).
 
-    Each dataset keeps its own item space and features; ``properties/pretrain.yaml`` sits between the
-    dataset defaults and the user's files. Checkpoints go to ``<checkpoint_dir>/MMM4Rec-pretrain-A+B/``
+    Each dataset keeps its own item space and features; ``properties/pretrain/<model>.yaml`` sits between
+    the dataset defaults and the user's files. Checkpoints go to ``<checkpoint_dir>/<model>-pretrain-A+B/``
     (``last.pth`` every epoch, ``best.pth``); ``resume=True`` continues from ``last.pth``.
     Returns (history, run folder).
     """
+    if model not in PRETRAINABLE:
+        raise ValueError(f"--stage=pretrain is for {' and '.join(PRETRAINABLE)}, not {model}")
     if len(set(datasets)) != len(datasets) or not datasets:
         raise ValueError(f"--dataset for pre-training: a comma-separated list of distinct names, got {datasets}")
-    files = [str(PROPERTIES / "pretrain.yaml")] + list(config_file_list or [])
+    files = [str(PROPERTIES / "pretrain" / f"{model}.yaml")] + list(config_file_list or [])
     configs, views, train_sets, valid_loaders = {}, {}, {}, {}
     for name in datasets:
-        config = configs[name] = build_config("MMM4Rec", name, files, config_dict)
+        config = configs[name] = build_config(model, name, files, config_dict)
         if name == datasets[0]:
             init_logger(config)
             getLogger().info(config)
@@ -181,13 +186,13 @@ def pretrain(datasets, config_file_list=None, config_dict=None, resume=False):
         getLogger().info(dataset)
         train, valid_loaders[name], _ = data_preparation(config, dataset)
         train_sets[name] = train.dataset.inter_feat
-        views[name] = get_model("MMM4Rec")(config, train.dataset)
+        views[name] = get_model(model)(config, train.dataset)
     first = views[datasets[0]]
     for name, view in views.items():  # one encoder for all domains
         _check_same_encoder(datasets[0], first, name, view)
         view.encoder = first.encoder
     config = configs[datasets[0]]
-    run_dir = os.path.join(config["checkpoint_dir"], "MMM4Rec-pretrain-" + "+".join(sorted(datasets)))
+    run_dir = os.path.join(config["checkpoint_dir"], f"{model}-pretrain-" + "+".join(sorted(datasets)))
     trainer = Pretrainer(config, views, train_sets, valid_loaders, run_dir)
     getLogger().info(first.encoder)
     history = trainer.fit(config["epochs"], resume=resume, show_progress=config["show_progress"])
@@ -199,8 +204,7 @@ def _check_same_encoder(name_a, model_a, name_b, model_b):
     shapes_a = {k: v.shape for k, v in model_a.encoder.state_dict().items()}
     shapes_b = {k: v.shape for k, v in model_b.encoder.state_dict().items()}
     if shapes_a != shapes_b:
-        dims = {n: {m: t.features.shape[1] for m, t in model.items.items()}
-                for n, model in ((name_a, model_a), (name_b, model_b))}
+        dims = {name_a: model_a.feature_dims, name_b: model_b.feature_dims}
         raise ValueError(
             f"Pre-training datasets need the same feature dimensions and model settings: {dims} "
             "(set feature_dims for a modality a dataset lacks, e.g. {text: 384, image: 512})"

@@ -1,4 +1,4 @@
-"""Trainers of the plugin models: RecBole's trainer with NAdam, and MMM4Rec's multi-domain pre-training."""
+"""Trainers of the plugin models: RecBole's trainer with NAdam, and multi-domain pre-training (MMM4Rec, UniSRec)."""
 
 import os
 from logging import getLogger
@@ -11,11 +11,6 @@ from tqdm import tqdm
 
 from recbole_mmm4rec.compat import save_atomically
 from recbole_mmm4rec.history import EpochHistory
-
-# The hyperparameters an encoder's weights depend on: stored with a pre-trained checkpoint.
-ENCODER_KEYS = ("hidden_size", "inner_size", "num_layers", "d_state", "d_conv", "expand", "head_dim",
-                "n_groups", "MAX_ITEM_LIST_LENGTH", "time_aware")
-
 
 def nadam(parameters, learning_rate, weight_decay):
     """``learner: nadam`` (MMM4Rec's optimiser, DESIGN.md §4): torch's NAdam with coupled L2 weight decay."""
@@ -39,10 +34,14 @@ class NAdamTrainer(EpochHistory, Trainer):
 class Pretrainer:
     """Pre-training on several domains at once (DESIGN.md §3, §6).
 
-    ``views`` maps each domain to an MMM4Rec model of that domain; all views share ONE encoder (the
-    domain-independent weights) and each keeps its own item tables (features, item-modality bias).
+    ``views`` maps each domain to a model of that domain. A pre-trainable model (MMM4Rec, UniSRec) has
+    ``encoder``, the module of every domain-independent weight (what transfers); ``items``, the module of
+    one domain's item tables (features, item ID / item-modality embeddings); ``feature_dims``
+    ({modality: dimension}); ``calculate_in_batch_loss(interaction)``, its pre-training loss on a batch of
+    one domain; and the class attribute ``ENCODER_KEYS``, the config keys the encoder's weights depend on.
+    All views share ONE encoder and each keeps its own item tables.
     Every batch comes from one domain (the domains' batches are interleaved at random) and is trained
-    with in-batch cross-entropy (``MMM4Rec.calculate_in_batch_loss``). After each epoch the views are
+    with the model's in-batch loss by the optimiser of ``learner``. After each epoch the views are
     evaluated on their domains' validation splits (full ranking); the mean ``valid_metric`` selects the
     best epoch. ``last.pth`` (everything needed to resume) is written atomically after every epoch and
     ``best.pth`` whenever the validation improves. Epoch e's shuffling and dropout are seeded with
@@ -55,14 +54,19 @@ class Pretrainer:
         self.logger = getLogger()
         self.device = config["device"]
         self.model = torch.nn.ModuleDict(views).to(self.device)  # shared encoder counted once
-        self.optimizer = nadam(self.model.parameters(), config["learning_rate"], config["weight_decay"])
         self.evaluators = {d: NAdamTrainer(config, view) for d, view in views.items()}
+        # RecBole's optimiser of `learner` (or NAdam), over every view's parameters
+        self.optimizer = next(iter(self.evaluators.values()))._build_optimizer(params=self.model.parameters())
         self.epoch, self.history, self.best_score = 0, [], float("-inf")
         os.makedirs(run_dir, exist_ok=True)
 
     @property
     def encoder(self):
-        return next(iter(self.views.values())).encoder
+        return self._first.encoder
+
+    @property
+    def _first(self):
+        return next(iter(self.views.values()))
 
     def fit(self, epochs, resume=False, show_progress=True):
         if resume:
@@ -121,10 +125,11 @@ class Pretrainer:
 
     def _state(self, with_optimizer):
         state = {
+            "model": type(self._first).__name__,
             "encoder": self.encoder.state_dict(),
             "item_tables": {d: view.items.state_dict() for d, view in self.views.items()},
-            "model_config": {key: self.config[key] for key in ENCODER_KEYS},
-            "feature_dims": {m: a.linear.in_features for m, a in self.encoder.adapters.items()},
+            "model_config": {key: self.config[key] for key in self._first.ENCODER_KEYS},
+            "feature_dims": self._first.feature_dims,
             "datasets": sorted(self.views),
             "epoch": self.epoch,
             "history": self.history,
@@ -141,11 +146,13 @@ class Pretrainer:
         """Continue from ``last.pth``: weights, item tables, optimizer, epoch and history."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--resume: no pre-training checkpoint at {path}")
-        state = torch.load(path, map_location=self.device)
-        if state["datasets"] != sorted(self.views) or state["model_config"] != self._state(False)["model_config"]:
+        state, this = torch.load(path, map_location=self.device), self._state(False)
+        if [state.get("model", "MMM4Rec"), state["datasets"], state["model_config"]] != [
+                this["model"], this["datasets"], this["model_config"]]:
             raise ValueError(
-                f"--resume: {path} was pre-trained on {state['datasets']} with {state['model_config']}; "
-                f"this run is {sorted(self.views)} with {self._state(False)['model_config']}"
+                f"--resume: {path} is a {state.get('model', 'MMM4Rec')} pre-trained on {state['datasets']} with "
+                f"{state['model_config']}; this run is a {this['model']} on {this['datasets']} with "
+                f"{this['model_config']}"
             )
         self.encoder.load_state_dict(state["encoder"])
         for domain, view in self.views.items():
@@ -156,14 +163,16 @@ class Pretrainer:
 
 
 def load_pretrained(model, path, logger=None):
-    """Fine-tuning start (DESIGN.md §6): load a pre-trained encoder into ``model`` (an MMM4Rec).
+    """Fine-tuning start (DESIGN.md §6): load a pre-trained encoder into ``model`` (a pre-trainable model,
+    see ``Pretrainer``: MMM4Rec or UniSRec).
 
-    ``path``: a ``--stage=pretrain`` checkpoint (``best.pth``/``last.pth``) or an MMM4Rec checkpoint that
-    ``run_recbole.py`` saved after training on another domain.
+    ``path``: a ``--stage=pretrain`` checkpoint (``best.pth``/``last.pth``) or a checkpoint of the same
+    model that ``run_recbole.py`` saved after training on another domain.
 
-    Every domain-independent weight (adapters, layers, norms) comes from the checkpoint; the item tables
-    (features and item-modality bias) stay the new domain's own, freshly initialised. A checkpoint whose
-    tensors do not fit fails with the names and shapes of those tensors.
+    Every domain-independent weight (``model.encoder``: adapters, layers, norms) comes from the checkpoint;
+    the item tables (``model.items``: features, item ID / item-modality embeddings) stay the new domain's
+    own, freshly initialised. A checkpoint of another model, or whose tensors do not fit, fails with the
+    model's name or the names and shapes of those tensors.
     """
     logger = logger or getLogger()
     try:
@@ -172,15 +181,20 @@ def load_pretrained(model, path, logger=None):
         raise FileNotFoundError(f"pretrained: no checkpoint at {path}") from None
     except Exception as error:
         raise ValueError(f"pretrained: {path} is not a readable checkpoint ({error})") from error
+    name = type(model).__name__
     if isinstance(state, dict) and "encoder" not in state and "state_dict" in state:
-        # a RecBole checkpoint of an MMM4Rec trained on another domain: its encoder transfers the same way
+        # a RecBole checkpoint of the model trained on another domain: its encoder transfers the same way
         encoder = {k[len("encoder."):]: v for k, v in state["state_dict"].items() if k.startswith("encoder.")}
-        state = {"encoder": encoder, "datasets": [state["config"]["dataset"]], "epoch": state.get("epoch", 0) + 1}
+        state = {"model": state["config"]["model"], "encoder": encoder, "datasets": [state["config"]["dataset"]],
+                 "epoch": state.get("epoch", 0) + 1}
     if not isinstance(state, dict) or not state.get("encoder"):
         raise ValueError(
-            f"pretrained: {path} holds no MMM4Rec encoder weights (write one with --stage=pretrain, "
-            "or pass an MMM4Rec checkpoint saved by run_recbole.py)"
+            f"pretrained: {path} holds no {name} encoder weights (write one with --stage=pretrain, "
+            f"or pass a {name} checkpoint saved by run_recbole.py)"
         )
+    source = state.get("model", "MMM4Rec")  # pre-training checkpoints before UniSRec were MMM4Rec's
+    if source != name:
+        raise ValueError(f"pretrained: {path} holds an encoder of {source}; this model is {name}")
     expected, given = model.encoder.state_dict(), state["encoder"]
     problems = [f"{k}: missing from the checkpoint" for k in expected if k not in given]
     problems += [f"{k}: in the checkpoint but not in this model" for k in given if k not in expected]
@@ -194,9 +208,11 @@ def load_pretrained(model, path, logger=None):
             + "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         )
     model.encoder.load_state_dict(given)
-    fresh = [name for name, _ in model.items.named_parameters()]
+    fresh = [key for key, _ in model.items.named_parameters()]
+    fixed = [key for key, p in model.encoder.named_parameters() if not p.requires_grad]
     logger.info(
         set_color("pretrained", "blue") + f": {len(given)} encoder tensors loaded from {path} "
         f"(pre-trained on {state.get('datasets')} for {state.get('epoch')} epochs); "
-        f"fresh, domain-specific: {', '.join('items.' + n for n in fresh) or 'none (without-ID variant)'}"
+        f"fresh, domain-specific: {', '.join('items.' + k for k in fresh) or 'none (without-ID variant)'}"
+        + (f"; kept fixed while fine-tuning: {len(fixed)} encoder tensors" if fixed else "")
     )

@@ -122,13 +122,17 @@ class MMM4Rec(SequentialRecommender):
     r"""MMM4Rec as a RecBole sequential recommender (reads ``item_id_list``, ``item_length`` and
     ``timestamp_list``; needs ``train_neg_sample_args: ~`` and a dataset with item features)."""
 
+    # The hyperparameters the encoder's weights depend on: stored with a pre-trained checkpoint.
+    ENCODER_KEYS = ("hidden_size", "inner_size", "num_layers", "d_state", "d_conv", "expand", "head_dim",
+                    "n_groups", "MAX_ITEM_LIST_LENGTH", "time_aware")
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         check_config(config)
         self.TIME_SEQ = config["TIME_FIELD"] + config["LIST_SUFFIX"]
         self.items = item_tables(dataset, config)
-        feature_dims = {m: table.features.shape[1] for m, table in self.items.items()}
-        self.encoder = MMM4RecEncoder(config, feature_dims)
+        self.feature_dims = {m: table.features.shape[1] for m, table in self.items.items()}
+        self.encoder = MMM4RecEncoder(config, self.feature_dims)
         self.loss_fct = nn.CrossEntropyLoss()
 
     def forward(self, item_seq, item_seq_len, timestamps):
