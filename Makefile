@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,tune]"
 	touch $@
 
 # Any RecBole flag after ARGS=, e.g. make run ARGS="--epochs=3 --show_progress=False"
