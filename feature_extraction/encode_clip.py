@@ -35,7 +35,7 @@ try:
     import recbole_mmm4rec  # noqa: F401  (compat: torchvision beside a CPU torch)
 except ImportError:  # run from a source tree without an install
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from recbole_mmm4rec.data.features import FEATURE_SUFFIX, read_features, write_features  # noqa: E402
+from recbole_mmm4rec.data.features import FEATURE_SUFFIX, write_features  # noqa: E402
 
 PARTIAL_SUFFIX = ".features.partial.npz"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")

@@ -102,7 +102,6 @@ def _make_config_weights_only_loadable():
 
 
 def _make_checkpoint_writes_atomic():
-    import torch
     from recbole.trainer import Trainer
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):

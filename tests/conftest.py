@@ -54,6 +54,20 @@ def build_model(config, dataset, seed=0):
     return MMM4Rec(config, dataset).eval()
 
 
+def fit_steps(model, batch, steps, lr):
+    """Train ``model`` on one batch, repeated, with Adam; returns the loss of every step."""
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model.calculate_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def load_script(name):
     """A feature_extraction/ script (not a package module), loaded from its path."""
     import importlib.util

@@ -39,7 +39,7 @@ def _wake_time_path(model):
 
 @pytest.mark.parametrize("time_aware", [True, False])
 def test_padded_positions_change_nothing(scientific, test_batch, tiny_dict, time_aware):
-    config, dataset = scientific[0], scientific[1]
+    dataset = scientific[1]
     model = _wake_time_path(build_model(make_config(tiny_dict, time_aware=time_aware), dataset))
     pad = _padding(test_batch)
     assert pad.any(), "the batch must contain padded positions"

@@ -9,7 +9,6 @@ from collections import defaultdict
 import pytest
 import torch
 import torch.nn.functional as F
-from recbole.data import create_dataset, data_preparation
 
 import recbole_mmm4rec
 from conftest import TINY, build_model, make_config

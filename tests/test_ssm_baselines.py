@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import recbole_mmm4rec
+from conftest import fit_steps
 from recbole_mmm4rec.layers.tissd import TiSSD
 from recbole_mmm4rec.quick_start import PROJECT_ROOT
 
@@ -73,15 +74,7 @@ def test_trains_and_scores_consistently(scientific, test_batch, model_name):
     assert all(isinstance(layer.ssm, TiSSD) for layer in model.layers)  # the one shared SSD block
     assert hasattr(model.layers[0].ssm, "time_step") == (model_name == "TiM4Rec")
     batch = next(iter(scientific[2]))[: 64]  # one training batch, repeated
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    losses = []
-    for _ in range(20):
-        optimizer.zero_grad()
-        loss = model.calculate_loss(batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, batch, steps=20, lr=0.01)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.5 * losses[0]
     model.eval()

@@ -5,7 +5,7 @@ import torch
 from recbole.data import create_dataset, data_preparation
 
 import recbole_mmm4rec
-from conftest import TINY
+from conftest import TINY, fit_steps
 
 SMALL = {**{k: TINY[k] for k in ("show_progress", "state", "seed")}, "hidden_size": 16, "inner_size": 32,
          "n_layers": 1, "train_batch_size": 256}
@@ -27,14 +27,7 @@ def test_trains_and_ranks_all_items_from_text(data, with_id):
     assert not any(isinstance(m, torch.nn.Embedding) and m.num_embeddings == dataset.item_num
                    and m is not getattr(model.item_embedding.table, "bias", None) for m in model.modules())
     batch = next(iter(train))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(15):
-        loss = model.calculate_loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, batch, steps=15, lr=1e-2)
     assert losses[-1] < 0.9 * losses[0]
     model.eval()
     interaction = next(iter(test))[0][:8]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from recbole.data import create_dataset, data_preparation
 
 import recbole_mmm4rec
-from conftest import TINY
+from conftest import TINY, fit_steps
 from recbole_mmm4rec.models.unisrec import MoEAdapter, UniSRec, item_drop
 from recbole_mmm4rec.quick_start import PROJECT_ROOT
 from recbole_mmm4rec.trainers import load_pretrained
@@ -94,14 +94,7 @@ def test_trains_and_ranks_all_items(data, stage):
     model = build(data, train_stage=stage)
     assert (model.items.bias is not None) == (stage == "transductive_ft")
     batch = next(iter(train))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(15):
-        loss = model.calculate_loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, batch, steps=15, lr=1e-2)
     assert losses[-1] < 0.9 * losses[0]
     model.eval()
     interaction = next(iter(test))[0][:8]
