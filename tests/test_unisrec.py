@@ -76,6 +76,15 @@ def test_whitening_and_moe_adapter_match_a_hand_computation():
         assert torch.allclose(adapter.gates(x), torch.softmax(noisy, dim=1), atol=1e-6)
 
 
+def test_item_embeddings_equal_the_adapter_per_position_in_evaluation(data):
+    """The adapter runs once per distinct item; without noise and dropout that is the per-position result."""
+    model = build(data, train_stage="transductive_ft").eval()
+    items = torch.tensor([[3, 7, 3, 0], [7, 7, 1, 0]])
+    with torch.no_grad():
+        per_position = model.encoder.adapter(model.items.features[items]) + model.items.bias(items)
+        assert torch.allclose(model.item_embeddings(items), per_position, atol=1e-6)
+
+
 def test_item_drop_keeps_an_ordered_left_aligned_subsequence():
     torch.manual_seed(0)
     seq = torch.tensor([[1, 2, 3, 4, 0, 0], [5, 6, 0, 0, 0, 0], [7, 8, 9, 10, 11, 12]])

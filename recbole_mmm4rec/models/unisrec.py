@@ -171,8 +171,13 @@ class UniSRec(SequentialRecommender):
         self.loss_fct = nn.CrossEntropyLoss()
 
     def item_embeddings(self, items):
-        """v_i (+ e_i when transductive): items of any shape -> [*items.shape, D]."""
-        adapted = self.encoder.adapter(self.items.features[items])
+        """v_i (+ e_i when transductive): items of any shape -> [*items.shape, D].
+
+        The adapter runs once per distinct item (a batch's B·L positions hold far fewer items), so in
+        training an item's gate noise and adaptor dropout are drawn once per step, not per occurrence as
+        in the authors' code; in evaluation both are off and the two are identical."""
+        distinct, position = torch.unique(items, return_inverse=True)  # [n], [*items.shape]
+        adapted = self.encoder.adapter(self.items.features[distinct])[position]  # [*items.shape, D]
         return adapted if self.items.bias is None else adapted + self.items.bias(items)
 
     def forward(self, item_seq, item_seq_len):
