@@ -28,6 +28,7 @@ call it again (``import recbole_mmm4rec`` does).
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -143,6 +144,19 @@ def save_atomically(obj, path):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def write_text_atomically(path, text):
+    """Write ``text`` to ``path`` (folders created) through a temporary file beside it and ``os.replace``:
+    a crash mid-write leaves the previous file, never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _make_torchvision_importable():

@@ -46,6 +46,7 @@ import numpy as np
 import yaml
 
 import recbole_mmm4rec  # NumPy 2 fixes before Ray or RecBole are imported
+from recbole_mmm4rec.compat import write_text_atomically
 from recbole.trainer import Trainer
 
 import ray  # noqa: E402  (after the NumPy fixes: ray.tune 2.6.3 uses np.bool8)
@@ -291,7 +292,7 @@ class Sweep:
     def add(self, record):
         """Journal one trial (atomically) and rewrite the results and the best config."""
         self.trials[key(record["params"])] = record
-        _write_atomically(self.journal, json.dumps(
+        write_text_atomically(self.journal, json.dumps(
             {"settings": self.settings, "trials": list(self.trials.values())}, indent=1))
         self.write_results()
 
@@ -307,7 +308,7 @@ class Sweep:
         writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        _write_atomically(self.csv, table.getvalue())
+        write_text_atomically(self.csv, table.getvalue())
         best = self.best()
         summary = f"Selected on valid {self.valid_metric} ({'higher' if self.bigger else 'lower'} is better)."
         if best:
@@ -315,7 +316,7 @@ class Sweep:
         lines = [f"# {self.model} on {self.dataset}: {len(rows)} trials", "", summary, "",
                  "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
         lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row.values()) + " |" for row in rows]
-        _write_atomically(self.markdown, "\n".join(lines) + "\n")
+        write_text_atomically(self.markdown, "\n".join(lines) + "\n")
         if best:
             self.write_best_yaml(best)
 
@@ -346,7 +347,7 @@ class Sweep:
                   f"{self.valid_metric} {valid}, test {test} (all trials: {self.markdown.name}).\n"
                   f"# Reproduce: python run_recbole.py --model={self.model} --dataset={self.dataset} "
                   f"--config_files={self.best_yaml}\n")
-        _write_atomically(self.best_yaml, header + yaml.safe_dump(plain(settings), sort_keys=False))
+        write_text_atomically(self.best_yaml, header + yaml.safe_dump(plain(settings), sort_keys=False))
 
 
 def _fixed_settings(model, dataset, config_files, overrides):
@@ -379,17 +380,6 @@ def _fixed_settings(model, dataset, config_files, overrides):
     if "data_path" in fixed:  # Ray trials run in their own folders: the path must not depend on the cwd
         fixed["data_path"] = os.path.abspath(config["data_path"])
     return config, plain(fixed)
-
-
-def _temporary(path):
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def _write_atomically(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(path)
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 # ---------------------------------------------------------------------------------------- hyperopt

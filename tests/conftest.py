@@ -68,6 +68,30 @@ def fit_steps(model, batch, steps, lr):
     return losses
 
 
+def split_scientific_mm(root, names, users_each):
+    """Disjoint real domains cut from the bundled scientific_mm: ``users_each`` users per name (in user
+    order), each a folder ``root/name`` with its ``.inter`` and the feature file. Returns ``str(root)``."""
+    import shutil
+    from collections import defaultdict
+
+    from recbole_mmm4rec.quick_start import PROJECT_ROOT
+
+    source = PROJECT_ROOT / "atomic_data" / "scientific_mm"
+    header, *rows = (source / "scientific_mm.inter").read_text().splitlines()
+    by_user = defaultdict(list)
+    for row in rows:
+        by_user[row.split("\t")[0]].append(row)
+    users = sorted(by_user)
+    for i, name in enumerate(names):
+        folder = root / name
+        folder.mkdir()
+        part = users[i * users_each:(i + 1) * users_each]
+        lines = [header] + [row for user in part for row in by_user[user]]
+        (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+        shutil.copy(source / "scientific_mm.features.npz", folder / f"{name}.features.npz")
+    return str(root)
+
+
 def load_script(name):
     """A feature_extraction/ script (not a package module), loaded from its path."""
     import importlib.util

@@ -1,39 +1,24 @@
 """Pre-training on several domains and transfer to a new one (DESIGN.md §3, §6)."""
 
 import os
-import shutil
 import subprocess
 import sys
-from collections import defaultdict
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import recbole_mmm4rec
-from conftest import TINY, build_model, make_config
+from conftest import TINY, build_model, make_config, split_scientific_mm
 from recbole_mmm4rec.quick_start import PROJECT_ROOT
 from recbole_mmm4rec.trainers import load_pretrained
 
-SOURCE = PROJECT_ROOT / "atomic_data" / "scientific_mm"
 
 
 @pytest.fixture(scope="module")
 def domains(tmp_path_factory):
     """Two small real domains: disjoint halves of 800 scientific_mm users, each with the feature file."""
-    root = tmp_path_factory.mktemp("domains")
-    header, *rows = (SOURCE / "scientific_mm.inter").read_text().splitlines()
-    by_user = defaultdict(list)
-    for row in rows:
-        by_user[row.split("\t")[0]].append(row)
-    users = sorted(by_user)
-    for name, part in (("sci_a", users[:400]), ("sci_b", users[400:800])):
-        folder = root / name
-        folder.mkdir()
-        lines = [header] + [row for user in part for row in by_user[user]]
-        (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
-        shutil.copy(SOURCE / "scientific_mm.features.npz", folder / f"{name}.features.npz")
-    return str(root)
+    return split_scientific_mm(tmp_path_factory.mktemp("domains"), ("sci_a", "sci_b"), 400)
 
 
 def _settings(domains, checkpoint_dir, **overrides):

@@ -2,8 +2,6 @@
 
 import copy
 import os
-import shutil
-from collections import defaultdict
 
 import pytest
 import torch
@@ -11,14 +9,12 @@ import torch.nn.functional as F
 from recbole.data import create_dataset, data_preparation
 
 import recbole_mmm4rec
-from conftest import TINY, fit_steps
+from conftest import TINY, fit_steps, split_scientific_mm
 from recbole_mmm4rec.models.unisrec import MoEAdapter, UniSRec, item_drop
-from recbole_mmm4rec.quick_start import PROJECT_ROOT
 from recbole_mmm4rec.trainers import load_pretrained
 
 SMALL = {**{k: TINY[k] for k in ("show_progress", "state", "seed")}, "hidden_size": 16, "inner_size": 32,
          "n_layers": 1, "n_exps": 2, "train_batch_size": 256}
-SOURCE = PROJECT_ROOT / "atomic_data" / "scientific_mm"
 LOAD = {"load_col": {"inter": ["user_id", "item_id", "timestamp"]}}  # the tiny domains have no dataset yaml
 
 
@@ -152,18 +148,7 @@ def test_pretraining_losses_are_in_batch_and_weighted_by_lambda(data):
 @pytest.fixture(scope="module")
 def domains(tmp_path_factory):
     """Two tiny real domains: disjoint sets of 250 scientific_mm users, each with the feature file."""
-    root = tmp_path_factory.mktemp("unisrec_domains")
-    header, *rows = (SOURCE / "scientific_mm.inter").read_text().splitlines()
-    by_user = defaultdict(list)
-    for row in rows:
-        by_user[row.split("\t")[0]].append(row)
-    users = sorted(by_user)
-    for name, part in (("uni_a", users[:250]), ("uni_b", users[250:500])):
-        (root / name).mkdir()
-        lines = [header] + [row for user in part for row in by_user[user]]
-        (root / name / f"{name}.inter").write_text("\n".join(lines) + "\n")
-        shutil.copy(SOURCE / "scientific_mm.features.npz", root / name / f"{name}.features.npz")
-    return str(root)
+    return split_scientific_mm(tmp_path_factory.mktemp("unisrec_domains"), ("uni_a", "uni_b"), 250)
 
 
 @pytest.fixture(scope="module")

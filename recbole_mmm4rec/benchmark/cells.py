@@ -21,6 +21,7 @@ from pathlib import Path
 from time import perf_counter
 
 from recbole_mmm4rec.benchmark.spec import resolve
+from recbole_mmm4rec.compat import write_text_atomically
 
 
 def cell_file(out, model, dataset, seed):
@@ -45,17 +46,7 @@ def is_finished(cell, settings):
 
 
 def write_json_atomically(path, data):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_text_atomically(path, json.dumps(data, indent=1) + "\n")
 
 
 # --- in the child process -------------------------------------------------------------------------------
