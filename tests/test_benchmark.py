@@ -41,12 +41,13 @@ def markdown_table(text):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """Pop and a tiny SASRec, one epoch, one seed, each cell in its own process: (spec, results, output)."""
+    """Pop and a tiny SASRec, one epoch, one seed, each cell in its own process, both at once:
+    (spec, results, output)."""
     folder = tmp_path_factory.mktemp("bench")
     spec = write_spec(folder)
     output = StringIO()
     with redirect_stdout(output):
-        assert main([str(spec)]) == 0
+        assert main([str(spec), "--jobs", "2"]) == 0
     return spec, folder / "results" / "bench", output.getvalue()
 
 
@@ -90,6 +91,7 @@ def test_cells_record_history_for_every_model(finished):
         assert set(cell["history"][0]) == {"epoch", "train_seconds", "loss", "valid"}
         assert cell["history"][0]["valid"]["ndcg@10"] == cell["best_valid"]["ndcg@10"]
         assert cell["settings"]["config"]["seed"] == 2020 and cell["environment"]["recbole"] == "1.2.1"
+        assert cell["environment"]["cells_at_once"] == 2
 
 
 def test_rerun_skips_finished_cells(finished, monkeypatch, capsys):
@@ -112,7 +114,7 @@ def test_changed_settings_and_force_run_the_cell_again(finished, monkeypatch, ca
     spec, _, _ = finished
     started = []
     monkeypatch.setattr("recbole_mmm4rec.benchmark.__main__.run_in_subprocess",
-                        lambda bench, out, model, dataset, seed: started.append(model) or {"status": "failed",
+                        lambda bench, out, model, dataset, seed, **_: started.append(model) or {"status": "failed",
                                                                                            "error": "not run"})
     changed = yaml.safe_load(spec.read_text())
     changed["model_config"]["SASRec"]["config"]["hidden_size"] = 8

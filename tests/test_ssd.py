@@ -198,3 +198,24 @@ def test_ssd_auto_cuda_matches_recurrent():
         inputs_cuda = [t.float().cuda() for t in inputs]
         y = ssd(*inputs_cuda, chunk_size=32, mode="auto")
         torch.testing.assert_close(y.double().cpu(), y64, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for mamba-ssm's kernel")
+def test_ssd_auto_cuda_gradients_match_quadratic():
+    """Training runs the kernel's backward pass: its gradients for every input match the pure-PyTorch form's."""
+    pytest.importorskip("mamba_ssm", reason="mamba-ssm is not installed")
+    for length in (20, 100):
+        inputs = make_inputs(length, H=8, G=2, P=16, N=16, seed=length)
+        weight = torch.randn(*inputs[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+        def gradients(mode, device, dtype):
+            leaves = [t.to(device, dtype).requires_grad_() for t in inputs]
+            y = ssd(*leaves, chunk_size=32, mode=mode)
+            (y * weight.to(device, dtype)).sum().backward()
+            return [t.grad.double().cpu() for t in leaves]
+
+        expected = gradients("quadratic", "cpu", torch.float64)
+        for name, got, want in zip(("x", "dt", "A", "B", "C", "D"), gradients("auto", "cuda", torch.float32), expected):
+            scale = want.abs().max().item()
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * scale, msg=f"d{name}, L = {length}")

@@ -1,6 +1,6 @@
 """Side-by-side benchmark: models × datasets × seeds, each cell trained and tested by ``recbole_mmm4rec.run``.
 
-    python -m recbole_mmm4rec.benchmark benchmarks/<name>.yaml [--force] [--report-only] [--out DIR]
+    python -m recbole_mmm4rec.benchmark benchmarks/<name>.yaml [--force] [--report-only] [--out DIR] [--jobs N]
 
 The benchmark file::
 
@@ -21,7 +21,7 @@ Every cell gets our defaults (``properties/overall.yaml``: split, full ranking, 
 and the dataset's yaml), then the model's ``config_files``, then ``config`` < the dataset's budget < the
 model's ``config`` < the seed. Cells run in a fresh process each and are recorded under
 ``<out>/cells/<dataset>/<model>/seed<seed>.json`` (default ``<out>``: ``results/<name>/`` next to the
-benchmark file). A rerun skips every cell already finished with the same settings; ``--force`` redoes
+benchmark file), ``--jobs`` of them at once. A rerun skips every cell already finished with the same settings; ``--force`` redoes
 them. Then ``report.py`` writes ``<dataset>.md``, ``<dataset>.csv``, ``<dataset>_valid_ndcg.png`` and
 ``README.md`` into ``<out>``.
 """

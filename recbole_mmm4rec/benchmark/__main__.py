@@ -1,13 +1,16 @@
-"""python -m recbole_mmm4rec.benchmark benchmarks/<name>.yaml [--force] [--report-only] [--out DIR]
+"""python -m recbole_mmm4rec.benchmark benchmarks/<name>.yaml [--force] [--report-only] [--out DIR] [--jobs N]
 
 Runs every (model, dataset, seed) cell of the benchmark file that is not finished yet, each in a fresh
 process, then writes the tables, CSVs, plots and README (see ``recbole_mmm4rec/benchmark/__init__.py``).
+``--jobs N`` runs N cells at once (worth it on a GPU, which one small model leaves mostly idle; each cell
+records N, since sharing the machine slows every cell's seconds per epoch).
 ``--cell MODEL DATASET SEED`` runs one cell in this process (what the runner starts for each cell).
 """
 
 import argparse
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from recbole_mmm4rec.benchmark.cells import cell_file, is_finished, log_file, read_cell, run_in_subprocess, train_cell
@@ -22,8 +25,11 @@ def main(argv=None):
     parser.add_argument("--out", help="results folder (default: results/<name>/ next to the benchmark file)")
     parser.add_argument("--force", action="store_true", help="redo finished cells too")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the tables from finished cells")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="cells run at once (default 1)")
     parser.add_argument("--cell", nargs=3, metavar=("MODEL", "DATASET", "SEED"), help="run one cell here")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
 
     try:
         bench = load(args.spec)
@@ -31,42 +37,50 @@ def main(argv=None):
         parser.error(str(error))
     out = Path(args.out) if args.out else bench.default_out
     if args.cell:
-        return run_one_cell(parser, bench, out, *args.cell)
-    failed = 0 if args.report_only else run_all(bench, out, force=args.force)
+        return run_one_cell(parser, bench, out, *args.cell, jobs=args.jobs)
+    failed = 0 if args.report_only else run_all(bench, out, force=args.force, jobs=args.jobs)
     for path in write_reports(bench, out):
         print(f"written: {path}")
     return 1 if failed else 0
 
 
-def run_all(bench, out, force=False):
-    """Run the cells that are not finished (all of them with ``force``); returns the number that failed."""
+def run_all(bench, out, force=False, jobs=1):
+    """Run the cells that are not finished (all of them with ``force``), ``jobs`` at a time; returns the
+    number that failed."""
     cells = bench.cells()
     print(f"benchmark {bench.name}: {len(bench.models)} models × {len(bench.datasets)} datasets × "
-          f"{len(bench.seeds)} seeds = {len(cells)} cells, results in {out}/", flush=True)
-    counts = Counter()
+          f"{len(bench.seeds)} seeds = {len(cells)} cells, results in {out}/"
+          + (f", {jobs} at once" if jobs > 1 else ""), flush=True)
+    counts, todo = Counter(), []
     for i, (model, dataset, seed) in enumerate(cells, 1):
         label = f"[{i:>{len(str(len(cells)))}}/{len(cells)}] {model} on {dataset}, seed {seed}"
         previous = read_cell(cell_file(out, model, dataset, seed))
         if not force and is_finished(previous, bench.settings(model, dataset, seed)):
             print(f"{label}: skipped, finished {previous.get('finished_at', '')} (--force redoes it)", flush=True)
             counts["skipped"] += 1
-            continue
-        print(f"{label}: {_why_run(previous, force)} (log: {log_file(out, model, dataset, seed)})", flush=True)
-        record = run_in_subprocess(bench, out, model, dataset, seed)
+        else:
+            todo.append((label, model, dataset, seed, _why_run(previous, force)))
+
+    def run(label, model, dataset, seed, why):
+        print(f"{label}: {why} (log: {log_file(out, model, dataset, seed)})", flush=True)
+        record = run_in_subprocess(bench, out, model, dataset, seed, jobs=jobs, label=label)
         print(f"{label}: {_outcome(record)}", flush=True)
-        counts[record["status"]] += 1
+        return record["status"]
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each thread only waits on its cell's process
+        counts.update(pool.map(lambda cell: run(*cell), todo))
     print(f"{counts['ok']} cells trained, {counts['skipped']} skipped (finished before), {counts['failed']} failed",
           flush=True)
     return counts["failed"]
 
 
-def run_one_cell(parser, bench, out, model, dataset, seed):
+def run_one_cell(parser, bench, out, model, dataset, seed, jobs=1):
     if model not in bench.models or dataset not in bench.datasets or not seed.lstrip("-").isdigit() \
             or int(seed) not in bench.seeds:
         parser.error(f"--cell {model} {dataset} {seed}: not a cell of {bench.path} "
                      f"(models {list(bench.models)}, datasets {list(bench.datasets)}, seeds {list(bench.seeds)})")
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value overrides from the command line: none here
-    record = train_cell(bench, out, model, dataset, int(seed))
+    record = train_cell(bench, out, model, dataset, int(seed), cells_at_once=jobs)
     print(f"cell {model} on {dataset}, seed {seed}: {_outcome(record)}")
     return 0 if record["status"] == "ok" else 1
 

@@ -51,8 +51,10 @@ def write_json_atomically(path, data):
 
 # --- in the child process -------------------------------------------------------------------------------
 
-def train_cell(bench, out, model, dataset, seed):
-    """Train and test one cell in this process; write its JSON (``status`` ok or failed). Returns the record."""
+def train_cell(bench, out, model, dataset, seed, cells_at_once=1):
+    """Train and test one cell in this process; write its JSON (``status`` ok or failed). Returns the record.
+
+    ``cells_at_once``: how many cells shared the machine with this one (``--jobs``), kept with its timings."""
     settings = bench.settings(model, dataset, seed)
     record = {"model": model, "dataset": dataset, "seed": seed, "settings": _as_json(settings)}
     try:
@@ -60,7 +62,7 @@ def train_cell(bench, out, model, dataset, seed):
     except Exception as error:  # recorded, so that one failing cell never loses the others
         traceback.print_exc()
         record.update(status="failed", error=f"{type(error).__name__}: {error}")
-    record.update(log=str(log_file(out, model, dataset, seed).relative_to(out)), environment=_environment(),
+    record.update(log=str(log_file(out, model, dataset, seed).relative_to(out)), environment=_environment(cells_at_once),
                   finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_json_atomically(cell_file(out, model, dataset, seed), record)
     return record
@@ -119,13 +121,13 @@ def _peak_memory():
     return {"peak_memory_mib": peak / (2**20 if sys.platform == "darwin" else 2**10), "peak_memory_kind": "RSS"}
 
 
-def _environment():
+def _environment(cells_at_once):
     import recbole
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    return {"device": device, "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "recbole": recbole.__version__}
+    return {"device": device, "torch_threads": torch.get_num_threads(), "cells_at_once": cells_at_once,
+            "python": platform.python_version(), "torch": torch.__version__, "recbole": recbole.__version__}
 
 
 def _as_json(data):
@@ -134,18 +136,20 @@ def _as_json(data):
 
 # --- in the parent process ------------------------------------------------------------------------------
 
-def run_in_subprocess(bench, out, model, dataset, seed):
-    """Run one cell in a fresh Python process, streaming its output to the cell's log. Returns the record."""
+def run_in_subprocess(bench, out, model, dataset, seed, jobs=1, label=""):
+    """Run one cell in a fresh Python process, streaming its output to the cell's log. Returns the record.
+
+    ``jobs``: cells running at once (recorded by the child); then each progress line starts with ``label``."""
     cell_path, log_path = cell_file(out, model, dataset, seed), log_file(out, model, dataset, seed)
     cell_path.unlink(missing_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "recbole_mmm4rec.benchmark", str(bench.path), "--out", str(out),
-               "--cell", model, dataset, str(seed)]
+               "--jobs", str(jobs), "--cell", model, dataset, str(seed)]
     start = perf_counter()
     with open(log_path, "w") as log:
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        progress = EpochProgress()
+        progress = EpochProgress(prefix=f"{label}, " if jobs > 1 else "")
         for line in child.stdout:
             log.write(line)
             progress.show(line)
@@ -170,15 +174,15 @@ class EpochProgress:
     VALID = re.compile(r"epoch (\d+) evaluating \[time: [\d.]+s, valid_score: ([-\d.]+)\]")
     COLOR = re.compile(r"\x1b\[[0-9;]*m")
 
-    def __init__(self):
-        self.train_seconds = None
+    def __init__(self, prefix=""):
+        self.prefix, self.train_seconds = prefix, None
 
     def show(self, line):
         line = self.COLOR.sub("", line)
         if match := self.TRAIN.search(line):
             self.train_seconds = float(match.group(2))
         elif match := self.VALID.search(line):
-            print(f"      epoch {int(match.group(1)) + 1:>3}: train {self.train_seconds or 0:.1f}s, "
+            print(f"      {self.prefix}epoch {int(match.group(1)) + 1:>3}: train {self.train_seconds or 0:.1f}s, "
                   f"valid score {float(match.group(2)):.4f}", flush=True)
 
 

@@ -170,8 +170,10 @@ def _machines(bench, out):
         cell = read_cell(cell_file(out, model, dataset, seed))
         env = (cell or {}).get("environment")
         if env:
-            seen.add(f"{env['device']}, {env['torch_threads']} torch threads, Python {env['python']}, "
-                     f"torch {env['torch']}, RecBole {env['recbole']}")
+            at_once = env.get("cells_at_once", 1)
+            seen.add(f"{env['device']}, {env['torch_threads']} torch threads"
+                     + (f", {at_once} cells at once" if at_once > 1 else "")
+                     + f", Python {env['python']}, torch {env['torch']}, RecBole {env['recbole']}")
     return sorted(seen)
 
 

@@ -45,9 +45,9 @@ class Benchmark:
         return self.path.parent / "results" / self.name
 
     def cells(self):
-        """Every (model, dataset, seed), one seed of all models after the other, so that an interrupted
-        run already compares all models."""
-        return [(m, d, s) for d in self.datasets for s in self.seeds for m in self.models]
+        """Every (model, dataset, seed), one seed of every dataset and model after the other, so that an
+        interrupted run already compares all models on all datasets."""
+        return [(m, d, s) for s in self.seeds for d in self.datasets for m in self.models]
 
     def settings(self, model, dataset, seed):
         """What ``run()`` gets for this cell. Later wins: common config < dataset budget < model config < seed."""
