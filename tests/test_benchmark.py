@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import recbole_mmm4rec
-from recbole_mmm4rec.benchmark import SpecError, cells, load
+from recbole_mmm4rec.benchmark import SpecError, cells, load, report
 from recbole_mmm4rec.benchmark.__main__ import main, run_all
 from recbole_mmm4rec.benchmark.report import write_reports
 
@@ -209,3 +209,15 @@ def test_our_trainer_keeps_its_history_without_a_second_wrapper():
     assert with_history(NAdamTrainer) is NAdamTrainer and issubclass(NAdamTrainer, EpochHistory)
     wrapped = with_history(Trainer)
     assert issubclass(wrapped, Trainer) and with_history(wrapped) is wrapped
+
+
+def test_rows_from_different_machines_are_named():
+    gpu = {"environment": {"device": "NVIDIA H200", "cells_at_once": 8}}
+    cpu = {"environment": {"device": "CPU (2 cores)", "cells_at_once": 1}}
+    assert report._machine(gpu) == "NVIDIA H200, 8 cells at once" and report._machine(cpu) == "CPU (2 cores)"
+    rows = [{"model": "SASRec", "machines": ["NVIDIA H200, 8 cells at once"]},
+            {"model": "MMM4Rec", "machines": ["CPU (2 cores)"]}, {"model": "Pop", "machines": ["CPU (2 cores)"]}]
+    assert report._machine_notes(rows) == [
+        "", "These cells ran on different machines; **s/epoch** and **peak memory** compare only within one:",
+        "- CPU (2 cores): MMM4Rec, Pop", "- NVIDIA H200, 8 cells at once: SASRec"]
+    assert report._machine_notes(rows[1:]) == []  # one machine: nothing to say

@@ -187,6 +187,15 @@ def test_gated_rmsnorm_random():
     torch.testing.assert_close(norm(x, z), expected)
 
 
+# mamba-ssm's Triton kernels multiply float32 operands in TF32 (Triton's tl.dot default: mantissas truncated to
+# 10 bits). Measured on an H200 (mamba-ssm 2.3.2.post1, Triton 3.6, torch 2.11): for L = 20, P = N = 64 the
+# kernel's output differed from the float64 reference by at most 0.18908 (1.7e-3 of the output's largest
+# magnitude, 114) -- to all printed digits what truncating the operands of eq. 9's two matrix products to TF32
+# gives on a CPU; that emulation puts every gradient within 1.9e-3 of its scale. A semantic mistake (D, the
+# group of a head, the decay) is off by the scale itself, so the tolerance is a fraction of the scale.
+TF32_TOLERANCE = 5e-3
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for mamba-ssm's kernel")
 def test_ssd_auto_cuda_matches_recurrent():
@@ -197,7 +206,7 @@ def test_ssd_auto_cuda_matches_recurrent():
         y64 = ssd_recurrent(*inputs)
         inputs_cuda = [t.float().cuda() for t in inputs]
         y = ssd(*inputs_cuda, chunk_size=32, mode="auto")
-        torch.testing.assert_close(y.double().cpu(), y64, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(y.double().cpu(), y64, rtol=1e-3, atol=TF32_TOLERANCE * y64.abs().max().item())
 
 
 @pytest.mark.gpu
@@ -210,12 +219,12 @@ def test_ssd_auto_cuda_gradients_match_quadratic():
         weight = torch.randn(*inputs[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
         def gradients(mode, device, dtype):
-            leaves = [t.to(device, dtype).requires_grad_() for t in inputs]
+            leaves = [t.detach().to(device, dtype).clone().requires_grad_() for t in inputs]
             y = ssd(*leaves, chunk_size=32, mode=mode)
             (y * weight.to(device, dtype)).sum().backward()
             return [t.grad.double().cpu() for t in leaves]
 
         expected = gradients("quadratic", "cpu", torch.float64)
         for name, got, want in zip(("x", "dt", "A", "B", "C", "D"), gradients("auto", "cuda", torch.float32), expected):
-            scale = want.abs().max().item()
-            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * scale, msg=f"d{name}, L = {length}")
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=TF32_TOLERANCE * want.abs().max().item(),
+                                       msg=f"d{name}, L = {length}")

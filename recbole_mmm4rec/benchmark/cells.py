@@ -146,7 +146,7 @@ def run_in_subprocess(bench, out, model, dataset, seed, jobs=1, label=""):
     command = [sys.executable, "-m", "recbole_mmm4rec.benchmark", str(bench.path), "--out", str(out),
                "--jobs", str(jobs), "--cell", model, dataset, str(seed)]
     start = perf_counter()
-    with open(log_path, "w") as log:
+    with open(log_path, "w", buffering=1) as log:  # line-buffered: the log is current while the cell runs
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
         progress = EpochProgress(prefix=f"{label}, " if jobs > 1 else "")

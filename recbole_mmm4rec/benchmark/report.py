@@ -54,8 +54,16 @@ def model_row(bench, out, model, dataset):
         metrics=metrics,
         valid_metric=done[0]["valid_metric"],
         curves=[[h["valid"][c["valid_metric"]] for h in c["history"] if "valid" in h] for c in done],
+        machines=sorted({_machine(c) for c in done}),
     )
     return row
+
+
+def _machine(cell):
+    """Where a cell ran, in short: the device, and how many cells shared it."""
+    env = cell.get("environment", {})
+    at_once = env.get("cells_at_once", 1)
+    return env.get("device", "unknown machine") + (f", {at_once} cells at once" if at_once > 1 else "")
 
 
 def _metric_order(metric):
@@ -82,8 +90,9 @@ def dataset_section(bench, dataset, rows):
     budget = ", ".join(f"{k}: {v}" for k, v in bench.datasets[dataset].items())
     notes = [
         "",
-        f"Test metrics: mean ± sample standard deviation over the seeds {', '.join(map(str, bench.seeds))} "
-        "(RecBole full ranking over all items, leave-one-out split of `properties/overall.yaml`, the same for "
+        (f"Test metrics: mean ± sample standard deviation over the seeds {', '.join(map(str, bench.seeds))} "
+         if len(bench.seeds) > 1 else f"Test metrics of one run (seed {bench.seeds[0]}) ")
+        + "(RecBole full ranking over all items, leave-one-out split of `properties/overall.yaml`, the same for "
         "every model); the best mean per column is in bold. **best epoch**: the 1-based epoch whose validation "
         "score selected the tested checkpoint (mean over seeds). **train s/epoch**: training only; **fit "
         "s/epoch**: training and validation. **parameters**: trainable. **peak memory**: the largest over the "
@@ -94,6 +103,7 @@ def dataset_section(bench, dataset, rows):
     ]
     if reference:
         notes += ["", f"Rows marked (paper): {reference['source']}"]
+    notes += _machine_notes(rows)
     notes += _failure_notes(rows)
     return "\n".join(lines + notes) + f"\n\n![validation NDCG@10 per epoch]({dataset}_valid_ndcg.png)\n"
 
@@ -123,6 +133,19 @@ def _reference_row(label, figures):
 
 def _number(value, digits):
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _machine_notes(rows):
+    """Which rows ran where, when a dataset's cells ran on more than one machine (timings and memory compare
+    only within one)."""
+    by_machine = {}
+    for row in rows:
+        for machine in row.get("machines", []):
+            by_machine.setdefault(machine, []).append(row["model"])
+    if len(by_machine) < 2:
+        return []
+    return ["", "These cells ran on different machines; **s/epoch** and **peak memory** compare only within one:",
+            *(f"- {machine}: {', '.join(models)}" for machine, models in sorted(by_machine.items()))]
 
 
 def _failure_notes(rows):
