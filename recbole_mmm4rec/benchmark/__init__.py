@@ -21,8 +21,8 @@ Every cell gets our defaults (``properties/overall.yaml``: split, full ranking, 
 and the dataset's yaml), then the model's ``config_files``, then ``config`` < the dataset's budget < the
 model's ``config`` < the seed. Cells run in a fresh process each and are recorded under
 ``<out>/cells/<dataset>/<model>/seed<seed>.json`` (default ``<out>``: ``results/<name>/`` next to the
-benchmark file), ``--jobs`` of them at once. A rerun skips every cell already finished with the same settings; ``--force`` redoes
-them. Then ``report.py`` writes ``<dataset>.md``, ``<dataset>.csv``, ``<dataset>_valid_ndcg.png`` and
+benchmark file), ``--jobs`` of them at once. A rerun skips every cell already finished with the same
+settings; ``--force`` redoes them. Then ``report.py`` writes ``<dataset>.md``, ``<dataset>.csv``, ``<dataset>_valid_ndcg.png`` and
 ``README.md`` into ``<out>``.
 """
 

@@ -193,10 +193,8 @@ def _machines(bench, out):
         cell = read_cell(cell_file(out, model, dataset, seed))
         env = (cell or {}).get("environment")
         if env:
-            at_once = env.get("cells_at_once", 1)
-            seen.add(f"{env['device']}, {env['torch_threads']} torch threads"
-                     + (f", {at_once} cells at once" if at_once > 1 else "")
-                     + f", Python {env['python']}, torch {env['torch']}, RecBole {env['recbole']}")
+            seen.add(f"{_machine(cell)}, {env['torch_threads']} torch threads, Python {env['python']}, "
+                     f"torch {env['torch']}, RecBole {env['recbole']}")
     return sorted(seen)
 
 
