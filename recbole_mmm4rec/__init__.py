@@ -12,6 +12,7 @@ compat.apply()
 from recbole_mmm4rec.quick_start import build_config, pretrain, register, run  # noqa: E402
 
 register()
+compat.switch_off_anomaly_detection()  # after RecBole's models are importable: fix 6
 
 __version__ = "0.1.0"
 __all__ = ["run", "pretrain", "build_config", "register"]

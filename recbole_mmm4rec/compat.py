@@ -23,6 +23,12 @@ call it again (``import recbole_mmm4rec`` does).
    exist"), which also breaks ``open_clip``, ``transformers`` and ``sentence_transformers``. When the
    extension cannot load, the two op schemas its Python side expects are defined (no kernels: the
    feature extractors never call them).
+6. RecBole's ``sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)`` at import
+   time, and importing RecBole's sequential model package (which ``get_model`` does for every sequential
+   model, ours included) imports it: every backward pass then checks every tensor for NaN, about a quarter
+   of MMM4Rec's CPU time, for RecBole's own models too. ``switch_off_anomaly_detection()`` imports that
+   package once and turns anomaly detection off again (``import recbole_mmm4rec`` calls it; losses and
+   gradients are bit-identical). Turn it on yourself with ``torch.autograd.set_detect_anomaly(True)``.
 """
 
 import importlib.util
@@ -59,6 +65,14 @@ def apply():
     _make_checkpoint_writes_atomic()
     _make_torchvision_importable()
     _applied = True
+
+
+def switch_off_anomaly_detection():
+    """Fix 6: import RecBole's sequential models (and so ``sine.py``'s global switch) now, then undo it."""
+    import recbole.model.sequential_recommender  # noqa: F401  (sets set_detect_anomaly(True))
+    import torch
+
+    torch.autograd.set_detect_anomaly(False)
 
 
 def _add_numpy_aliases():

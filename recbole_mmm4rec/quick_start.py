@@ -127,7 +127,12 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     if config["pretrained"]:
         load_pretrained(model, config["pretrained"], logger)
     logger.info(model)
-    trainer = with_history(get_trainer(config["MODEL_TYPE"], config["model"]))(config, model)
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    if config["accumulation_steps"] != 1 and not issubclass(trainer_class, NAdamTrainer):
+        raise ValueError(f"accumulation_steps = {config['accumulation_steps']}: only recbole-mmm4rec's models "
+                         f"({', '.join(PLUGINS)}) accumulate gradients; {config['model']} trains with RecBole's "
+                         f"{trainer_class.__name__}")
+    trainer = with_history(trainer_class)(config, model)
 
     start = perf_counter()
     best_valid_score, best_valid_result = trainer.fit(

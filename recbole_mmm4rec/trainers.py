@@ -10,6 +10,7 @@ from recbole.utils import set_color
 from tqdm import tqdm
 
 from recbole_mmm4rec.compat import save_atomically
+from recbole_mmm4rec.health import HealthMonitor
 from recbole_mmm4rec.history import EpochHistory
 
 def nadam(parameters, learning_rate, weight_decay):
@@ -17,18 +18,90 @@ def nadam(parameters, learning_rate, weight_decay):
     return torch.optim.NAdam(parameters, lr=learning_rate, weight_decay=weight_decay)
 
 
-class NAdamTrainer(EpochHistory, Trainer):
-    """RecBole's ``Trainer`` that also knows ``learner: nadam`` and keeps a per-epoch ``history``
-    (training seconds, training loss, validation result; ``recbole_mmm4rec.history``) for convergence reports."""
+def parameter_groups(parameters):
+    """Optimiser parameter groups: the parameters marked ``exempt_from_weight_decay`` (MMM4Rec's time path
+    under ``time_path: live``, ``layers.time.init_time_path``) get weight decay 0, the rest the learner's.
+    Returns a list of groups, or the parameters unchanged when none is marked."""
+    parameters = list(parameters)
+    exempt = [p for p in parameters if getattr(p, "exempt_from_weight_decay", False)]
+    if not exempt:
+        return parameters
+    rest = [p for p in parameters if not getattr(p, "exempt_from_weight_decay", False)]
+    return [{"params": rest}, {"params": exempt, "weight_decay": 0.0}]
+
+
+def check_accumulation_steps(config):
+    steps = config["accumulation_steps"]
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"accumulation_steps must be a positive integer, got {steps!r}")
+    return steps
+
+
+class PluginTrainer(Trainer):
+    """RecBole's ``Trainer`` that also knows ``learner: nadam``, exempts marked parameters from weight decay
+    (``parameter_groups``) and accumulates gradients over ``accumulation_steps`` batches.
+
+    Accumulation as the MMM4Rec authors (AUTHORS_CODE_NOTES.md §2.2): the losses of ``accumulation_steps``
+    batches are summed, not averaged (their gradients add up), and the optimiser steps after every
+    ``accumulation_steps`` batches and after the last batch of the epoch. With k steps of batch b, one
+    optimiser step sees k times the gradient of one batch of b * k rows; NAdam is invariant to that scale
+    except for its eps and the coupled L2 term, which is then k times weaker relative to the loss.
+    Single process, float32: RecBole's DDP, AMP and gradient scaler options are not supported here.
+    With ``log_health`` every epoch logs each component's gradient norm and relative weight change
+    (``recbole_mmm4rec.health``), also to TensorBoard under ``health/`` when ``log_tensorboard`` is on.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.accumulation_steps = check_accumulation_steps(config)
+        self.health = HealthMonitor(model) if config["log_health"] else None
+        if config["enable_amp"] or config["enable_scaler"] or not config["single_spec"]:
+            raise ValueError(f"{type(self).__name__}: enable_amp, enable_scaler and multi-process training "
+                             "(nproc > 1) are not supported by this trainer")
 
     def _build_optimizer(self, **kwargs):
+        kwargs["params"] = parameter_groups(kwargs.get("params", self.model.parameters()))
         if kwargs.get("learner", self.learner).lower() != "nadam":
             return super()._build_optimizer(**kwargs)
         return nadam(
-            kwargs.get("params", self.model.parameters()),
+            kwargs["params"],
             kwargs.get("learning_rate", self.learning_rate),
             kwargs.get("weight_decay", self.weight_decay),
         )
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        """One epoch; returns the sum of the batch losses (RecBole's convention)."""
+        self.model.train()
+        loss_func = loss_func or self.model.calculate_loss
+        batches = tqdm(train_data, total=len(train_data), ncols=100, disable=not show_progress,
+                       desc=set_color(f"Train {epoch_idx:>5}", "pink"))
+        total = 0.0
+        if self.health:
+            self.health.start_epoch(self.model)
+        self.optimizer.zero_grad()
+        for index, interaction in enumerate(batches):
+            loss = loss_func(interaction.to(self.device))
+            self._check_nan(loss)
+            loss.backward()  # summed into .grad across the accumulated batches
+            total += loss.item()
+            if (index + 1) % self.accumulation_steps == 0 or index + 1 == len(train_data):
+                self._optimizer_step()
+        if self.health:
+            self.health.end_epoch(self.model, epoch_idx, self.logger, self.tensorboard)
+        return total
+
+    def _optimizer_step(self):
+        if self.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+        if self.health:
+            self.health.after_backward(self.model)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+
+
+class NAdamTrainer(EpochHistory, PluginTrainer):
+    """The trainer of every recbole-mmm4rec model: ``PluginTrainer`` with a per-epoch ``history``
+    (training seconds, training loss, validation result; ``recbole_mmm4rec.history``)."""
 
 
 class Pretrainer:
@@ -57,6 +130,8 @@ class Pretrainer:
         self.evaluators = {d: NAdamTrainer(config, view) for d, view in views.items()}
         # RecBole's optimiser of `learner` (or NAdam), over every view's parameters
         self.optimizer = next(iter(self.evaluators.values()))._build_optimizer(params=self.model.parameters())
+        self.accumulation_steps = check_accumulation_steps(config)
+        self.health = HealthMonitor(self.model) if config["log_health"] else None
         self.epoch, self.history, self.best_score = 0, [], float("-inf")
         os.makedirs(run_dir, exist_ok=True)
 
@@ -101,18 +176,29 @@ class Pretrainer:
         return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
     def _train_epoch(self, epoch, show_progress):
+        """One epoch; the losses of ``accumulation_steps`` batches are summed before each optimiser step
+        (as ``NAdamTrainer``). Returns the mean batch loss."""
         torch.manual_seed(self.config["seed"] + epoch)  # dropout: reproducible per epoch, hence resumable
         self.model.train()
         total, batches = 0.0, self._batches(epoch)
-        for domain, rows in tqdm(batches, desc=f"Pretrain {epoch:>3}", ncols=100, disable=not show_progress):
+        if self.health:
+            self.health.start_epoch(self.model)
+        self.optimizer.zero_grad()
+        for index, (domain, rows) in enumerate(
+                tqdm(batches, desc=f"Pretrain {epoch:>3}", ncols=100, disable=not show_progress)):
             interaction = self.train_sets[domain][rows].to(self.device)
             loss = self.views[domain].calculate_in_batch_loss(interaction)
             if torch.isnan(loss):
                 raise ValueError(f"pre-training loss is NaN at epoch {epoch} (domain {domain})")
-            self.optimizer.zero_grad()
             loss.backward()
-            self.optimizer.step()
             total += loss.item()
+            if (index + 1) % self.accumulation_steps == 0 or index + 1 == len(batches):
+                if self.health:
+                    self.health.after_backward(self.model)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+        if self.health:
+            self.health.end_epoch(self.model, epoch, self.logger)
         return total / len(batches)
 
     @torch.no_grad()
@@ -162,6 +248,12 @@ class Pretrainer:
         self.logger.info(set_color("Resuming pre-training", "blue") + f" after epoch {self.epoch - 1} from {path}")
 
 
+def _layer_index(key):
+    """The layer number of an encoder state-dict key ``layers.<i>.…``, -1 for keys outside the layers."""
+    parts = key.split(".")
+    return int(parts[1]) if parts[0] == "layers" and len(parts) > 1 and parts[1].isdigit() else -1
+
+
 def load_pretrained(model, path, logger=None):
     """Fine-tuning start (DESIGN.md §6): load a pre-trained encoder into ``model`` (a pre-trainable model,
     see ``Pretrainer``: MMM4Rec or UniSRec).
@@ -170,6 +262,8 @@ def load_pretrained(model, path, logger=None):
     model that ``run_recbole.py`` saved after training on another domain.
 
     Every domain-independent weight (``model.encoder``: adapters, layers, norms) comes from the checkpoint;
+    an encoder with more layers than ``model`` gives its first ``num_layers`` layers (the paper pre-trains
+    2 layers and fine-tunes 1; which layers were left out is logged), one with fewer layers is refused;
     the item tables (``model.items``: features, item ID / item-modality embeddings) stay the new domain's
     own, freshly initialised. A checkpoint of another model, or whose tensors do not fit, fails with the
     model's name or the names and shapes of those tensors.
@@ -195,7 +289,11 @@ def load_pretrained(model, path, logger=None):
     source = state.get("model", "MMM4Rec")  # pre-training checkpoints before UniSRec were MMM4Rec's
     if source != name:
         raise ValueError(f"pretrained: {path} holds an encoder of {source}; this model is {name}")
-    expected, given = model.encoder.state_dict(), state["encoder"]
+    expected, given = model.encoder.state_dict(), dict(state["encoder"])
+    depth = 1 + max((_layer_index(k) for k in expected), default=-1)  # MMM4Rec's num_layers (0: no such layers)
+    deeper = sorted({_layer_index(k) for k in given if depth and _layer_index(k) >= depth})
+    for key in [k for k in given if depth and _layer_index(k) >= depth]:
+        del given[key]  # the paper pre-trains 2 layers and fine-tunes 1: the first num_layers layers transfer
     problems = [f"{k}: missing from the checkpoint" for k in expected if k not in given]
     problems += [f"{k}: in the checkpoint but not in this model" for k in given if k not in expected]
     problems += [
@@ -208,6 +306,10 @@ def load_pretrained(model, path, logger=None):
             + "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         )
     model.encoder.load_state_dict(given)
+    if deeper:
+        logger.info(set_color("pretrained", "blue") + f": the checkpoint's encoder has {deeper[-1] + 1} layers; "
+                    f"layers 0-{depth - 1} loaded, layers {', '.join(map(str, deeper))} "
+                    f"left out (this model has num_layers = {depth})")
     fresh = [key for key, _ in model.items.named_parameters()]
     fixed = [key for key, p in model.encoder.named_parameters() if not p.requires_grad]
     logger.info(

@@ -42,6 +42,15 @@ def scientific(tiny_dict):
 
 
 @pytest.fixture(scope="session")
+def office(tiny_dict):
+    """(config, dataset, train, valid, test) on the bundled office (real timestamps, no images), built once."""
+    config = recbole_mmm4rec.build_config("MMM4Rec", "office", config_dict=tiny_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    return (config, dataset, *data_preparation(config, dataset))
+
+
+@pytest.fixture(scope="session")
 def test_batch(scientific):
     """A full-sort test batch (Interaction) of real users."""
     return next(iter(scientific[4]))[0]

@@ -166,12 +166,30 @@ def test_best_epoch_is_the_checkpoint_recbole_tests():
     ({"reference": {"scientific_mm": {"source": "x", "models": {"A": {"hr@10": 0.1}}}}},
      "reference.scientific_mm.models.A.hr@10: unknown metric"),
     ({"reference": {"scientific_mm": {"models": {"A": {"recall@10": 0.1}}}}}, "reference.scientific_mm.source"),
+    ({"variants": {"SASRec-x": {"config": {}}}}, "variants.SASRec-x.model: required"),
+    ({"variants": {"GRU4Rec": {"model": "SASRec"}}}, "variants.GRU4Rec: 'GRU4Rec' is a model's name"),
+    ({"variants": {"a b": {"model": "SASRec"}}}, "variants.a b: a label of letters"),
+    ({"variants": {"SASRec-x": {"model": "SASRec"}}}, "variants.SASRec-x: 'SASRec-x' is not in models"),
 ])
 def test_spec_errors_name_the_file_and_the_field(tmp_path, changes, field):
     path = write_spec(tmp_path, **changes)
     with pytest.raises(SpecError) as error:
         load(path)
     assert str(error.value).startswith(f"{path}: ") and field in str(error.value)
+
+
+def test_a_variant_is_a_row_that_trains_its_model_with_its_settings(tmp_path, monkeypatch):
+    path = write_spec(tmp_path, models=["SASRec", "SASRec-wide"],
+                      variants={"SASRec-wide": {"model": "SASRec", "config": {**TINY_SASREC, "hidden_size": 32}}})
+    bench = load(path)
+    assert bench.models == ("SASRec", "SASRec-wide") and bench.model_of("SASRec-wide") == "SASRec"
+    assert bench.settings("SASRec-wide", "scientific_mm", 2020)["config"]["hidden_size"] == 32
+    assert bench.settings("SASRec", "scientific_mm", 2020)["config"]["hidden_size"] == 16
+    trained = []
+    monkeypatch.setattr(cells, "_train", lambda model, dataset, settings: trained.append(model) or {})
+    record = cells.train_cell(bench, tmp_path / "out", "SASRec-wide", "scientific_mm", 2020)
+    assert trained == ["SASRec"] and record["model"] == "SASRec-wide"
+    assert cells.cell_file(tmp_path / "out", "SASRec-wide", "scientific_mm", 2020).is_file()
 
 
 def test_the_command_line_reports_a_bad_spec(tmp_path, capsys):

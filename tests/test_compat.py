@@ -98,3 +98,19 @@ def test_torchvision_cuda_wheel_imports_beside_cpu_torch():
     from sentence_transformers import SentenceTransformer  # noqa: F401  (imports transformers too)
 
     assert transforms.Resize(8).size == 8
+
+
+def test_recbole_models_leave_anomaly_detection_off():
+    """RecBole's sine.py switches anomaly detection on for the whole process when its model package is
+    imported (every backward then scans every tensor for NaN); importing recbole_mmm4rec switches it off."""
+    import importlib
+
+    import recbole.model.sequential_recommender.sine as sine
+    from recbole.utils import get_model
+
+    assert get_model("SASRec") and get_model("MMM4Rec")  # both resolve through RecBole's package
+    assert not torch.is_anomaly_enabled()
+    importlib.reload(sine)  # what the import does, visibly
+    assert torch.is_anomaly_enabled()
+    recbole_mmm4rec.compat.switch_off_anomaly_detection()
+    assert not torch.is_anomaly_enabled()

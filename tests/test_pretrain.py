@@ -92,6 +92,21 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, scientific, 
         assert "without-ID" in caplog.text
 
 
+def test_two_pretrained_layers_fine_tune_one(pretrained, scientific, tiny_dict, caplog):
+    """The paper's setting: pre-training has 2 layers (properties/pretrain/MMM4Rec.yaml), fine-tuning 1,
+    which gets layer 0 and everything outside the layers; the log says which layers were left out."""
+    best = os.path.join(pretrained[1], "best.pth")
+    saved = torch.load(best)["encoder"]
+    assert {k.split(".")[1] for k in saved if k.startswith("layers.")} == {"0", "1"}
+    model = build_model(make_config(tiny_dict, num_layers=1), scientific[1], seed=7)
+    with caplog.at_level("INFO"):
+        load_pretrained(model, best)
+    loaded = model.encoder.state_dict()
+    assert not any(k.startswith("layers.1.") for k in loaded)
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.items())
+    assert "layers 0-0 loaded, layers 1 left out" in caplog.text
+
+
 def test_a_fine_tuned_recbole_checkpoint_also_transfers(scientific, tiny_dict, tmp_path):
     source = build_model(make_config(tiny_dict), scientific[1], seed=1)
     path = tmp_path / "MMM4Rec-trained-elsewhere.pth"
@@ -106,8 +121,8 @@ def test_mismatched_checkpoint_names_the_tensors(pretrained, scientific, tiny_di
     wider = build_model(make_config(tiny_dict, hidden_size=48, inner_size=48), scientific[1])
     with pytest.raises(ValueError, match=r"adapters\.text\.linear\.weight: checkpoint \(32, 512\) vs model \(48, 512\)"):
         load_pretrained(wider, os.path.join(pretrained[1], "best.pth"))
-    deeper = build_model(make_config(tiny_dict, num_layers=2), scientific[1])
-    with pytest.raises(ValueError, match=r"layers\.1\.tissd\.in_proj\.weight: missing from the checkpoint"):
+    deeper = build_model(make_config(tiny_dict, num_layers=3), scientific[1])  # the checkpoint has 2
+    with pytest.raises(ValueError, match=r"layers\.2\.tissd\.in_proj\.weight: missing from the checkpoint"):
         load_pretrained(deeper, os.path.join(pretrained[1], "best.pth"))
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x00not a checkpoint")

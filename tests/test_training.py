@@ -85,3 +85,43 @@ def test_cli_unknown_model_fails_clearly(tmp_path):
     done = _cli("--model=NoSuchModel", f"--checkpoint_dir={tmp_path}", timeout=120)
     assert done.returncode != 0
     assert "NoSuchModel" in done.stderr
+
+
+def test_accumulated_steps_equal_one_step_of_the_summed_batch(scientific, tiny_dict):
+    """accumulation_steps = k over k batches of b rows is one optimiser step on the k summed losses: the same
+    weights as one step on one batch of b * k rows with its (mean) loss multiplied by k (float64, no dropout,
+    NAdam with coupled weight decay, as the authors)."""
+    from recbole_mmm4rec.models import MMM4Rec
+    from recbole_mmm4rec.trainers import NAdamTrainer
+
+    k, b = 4, 32
+    rows = next(iter(scientific[2]))[: k * b]
+    no_dropout = {"embedding_dropout_prob": 0.0, "hidden_dropout_prob": 0.0, "time_dropout_prob": 0.0}
+    config = make_config(tiny_dict, accumulation_steps=k, learning_rate=0.01, **no_dropout)
+
+    def fresh():
+        torch.manual_seed(0)
+        return MMM4Rec(config, scientific[1]).double()
+
+    accumulated = NAdamTrainer(config, fresh())
+    accumulated._train_epoch([rows[i * b:(i + 1) * b] for i in range(k)], epoch_idx=0)
+
+    whole = NAdamTrainer(config, fresh())
+    whole.model.train()
+    whole.optimizer.zero_grad()
+    (k * whole.model.calculate_loss(rows)).backward()
+    whole.optimizer.step()
+
+    for (name, a), (_, w) in zip(accumulated.model.named_parameters(), whole.model.named_parameters()):
+        assert torch.allclose(a, w, atol=1e-12, rtol=1e-10), name
+    assert not torch.equal(dict(accumulated.model.named_parameters())["encoder.adapters.text.linear.weight"],
+                           dict(fresh().named_parameters())["encoder.adapters.text.linear.weight"])
+
+
+def test_accumulation_steps_must_be_a_positive_integer(scientific, tiny_dict):
+    from recbole_mmm4rec.models import MMM4Rec
+    from recbole_mmm4rec.trainers import NAdamTrainer
+
+    config = make_config(tiny_dict, accumulation_steps=0)
+    with pytest.raises(ValueError, match="accumulation_steps must be a positive integer, got 0"):
+        NAdamTrainer(config, MMM4Rec(config, scientific[1]))

@@ -5,13 +5,15 @@
 The benchmark file::
 
     description: one paragraph for the results' README            # optional
-    models: [Pop, SASRec, MMM4Rec]                                # ours or RecBole's, case-sensitive
+    models: [Pop, SASRec, MMM4Rec, MMM4Rec-time-off]              # ours or RecBole's (case-sensitive), or variants
     seeds: [2020, 2021, 2022]
     datasets:                                                     # dataset -> its budget, the same for all models
       scientific_mm: {epochs: 20, stopping_step: 5}               #   (plus any RecBole key, e.g. data_path)
     config: {eval_batch_size: 4096}                               # optional: every cell
     model_config:                                                 # optional: per model
       MMM4Rec: {config_files: [properties/quick_cpu.yaml], config: {hidden_size: 64}}
+    variants:                                                     # optional: more rows of one model
+      MMM4Rec-time-off: {model: MMM4Rec, config_files: [properties/quick_cpu.yaml], config: {time_aware: False}}
     reference:                                                    # optional: published figures, "(paper)" rows
       scientific_mm:
         source: MMM4Rec paper, Table II (its Scientific is the full domain, not this subset)

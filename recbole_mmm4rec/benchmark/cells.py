@@ -58,7 +58,7 @@ def train_cell(bench, out, model, dataset, seed, cells_at_once=1):
     settings = bench.settings(model, dataset, seed)
     record = {"model": model, "dataset": dataset, "seed": seed, "settings": _as_json(settings)}
     try:
-        record.update(status="ok", **_train(model, dataset, settings))
+        record.update(status="ok", **_train(bench.model_of(model), dataset, settings))
     except Exception as error:  # recorded, so that one failing cell never loses the others
         traceback.print_exc()
         record.update(status="failed", error=f"{type(error).__name__}: {error}")

@@ -14,7 +14,8 @@ import yaml
 from recbole_mmm4rec.quick_start import PROJECT_ROOT, PROPERTIES, check_model_name
 
 TABLE_METRICS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50")
-TOP_LEVEL_KEYS = ("description", "models", "datasets", "seeds", "config", "model_config", "reference")
+TOP_LEVEL_KEYS = ("description", "models", "datasets", "seeds", "config", "model_config", "variants", "reference")
+VARIANT_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # also a folder name of the results
 PER_CELL_KEYS = ("model", "dataset", "seed")  # the runner sets these for every cell
 BUDGET_KEYS = ("epochs", "stopping_step")  # one budget per dataset, the same for every model
 
@@ -34,6 +35,11 @@ class Benchmark:
     model_config: dict  # model -> {"config_files": [...], "config": {...}}
     reference: dict  # dataset -> {"source": str, "models": {label: {metric: value}}}
     description: str = ""
+    variants: dict = None  # row label -> the model it runs (a variant's settings are in model_config)
+
+    def model_of(self, label):
+        """The model a row of ``models`` trains: itself, or the model of the variant of that label."""
+        return (self.variants or {}).get(label, label)
 
     @property
     def name(self):
@@ -68,7 +74,8 @@ def load(path):
     for key in ("models", "datasets", "seeds"):
         if key not in raw:
             raise SpecError(path, key, "required")
-    models = _models(path, raw["models"])
+    variants = _variants(path, raw.get("variants") or {})
+    models = _models(path, raw["models"], variants)
     config = _overrides(path, "config", raw.get("config") or {}, forbidden=PER_CELL_KEYS + BUDGET_KEYS)
     datasets = {name: _dataset(path, name, budget, config)
                 for name, budget in _mapping(path, "datasets", raw["datasets"], non_empty=True).items()}
@@ -78,9 +85,11 @@ def load(path):
         datasets=datasets,
         seeds=_seeds(path, raw["seeds"]),
         config=config,
-        model_config=_model_config(path, raw.get("model_config") or {}, models),
+        model_config={**_model_config(path, raw.get("model_config") or {}, models),
+                      **_model_config(path, {k: v["settings"] for k, v in variants.items()}, models, "variants")},
         reference=_reference(path, raw.get("reference") or {}, datasets),
         description=str(raw.get("description") or ""),
+        variants={label: v["model"] for label, v in variants.items()},
     )
 
 
@@ -134,9 +143,11 @@ def _unique_list(path, field, value, item_type):
     return tuple(value)
 
 
-def _models(path, value):
+def _models(path, value, variants):
     models = _unique_list(path, "models", value, str)
     for i, model in enumerate(models):
+        if model in variants:
+            continue
         try:
             check_model_name(model)
         except ValueError as error:
@@ -181,11 +192,37 @@ def _default_data_path():
     return yaml.load((PROPERTIES / "overall.yaml").read_text(), Loader=_Loader)["data_path"]
 
 
-def _model_config(path, value, models):
-    _mapping(path, "model_config", value)
+def _variants(path, value):
+    """``variants: {label: {model: MMM4Rec, config_files: [...], config: {...}}}``: rows of ``models`` that
+    train one model with other settings (e.g. an ablation). Returns label -> {"model", "settings"}."""
+    _mapping(path, "variants", value)
+    result = {}
+    for label, entry in value.items():
+        field = f"variants.{label}"
+        if not isinstance(label, str) or not VARIANT_LABEL.match(label):
+            raise SpecError(path, field, "a label of letters, digits and _.+- (it names a results folder)")
+        entry = dict(_mapping(path, field, entry or {}))
+        model = entry.pop("model", None)
+        if not isinstance(model, str):
+            raise SpecError(path, f"{field}.model", f"required: the model this variant trains, got {model!r}")
+        try:
+            check_model_name(model)
+        except ValueError as error:
+            raise SpecError(path, f"{field}.model", str(error)) from None
+        try:
+            check_model_name(label)
+        except ValueError:
+            result[label] = {"model": model, "settings": entry}
+            continue
+        raise SpecError(path, field, f"{label!r} is a model's name: give the variant another label")
+    return result
+
+
+def _model_config(path, value, models, section="model_config"):
+    _mapping(path, section, value)
     result = {}
     for model, entry in value.items():
-        field = f"model_config.{model}"
+        field = f"{section}.{model}"
         if model not in models:
             raise SpecError(path, field, f"{model!r} is not in models ({', '.join(models)})")
         entry = _mapping(path, field, entry or {})

@@ -59,6 +59,12 @@ class SSDMixer(nn.Module):
         return self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))
 
 
+def init_dt_rows(projection, n_heads):
+    """N(0, 1/D) for the last ``n_heads`` output rows of ``projection`` (D -> [..., dt (H)]), the dt rows."""
+    with torch.no_grad():
+        projection.weight[-n_heads:].normal_(0.0, projection.in_features ** -0.5)
+
+
 class TiSSD(nn.Module):
     """Time-aware SSD block (MMM4Rec eqs. 3-9).
 
@@ -77,8 +83,11 @@ class TiSSD(nn.Module):
         self.conv = CausalConv1d(self.d_inner + 2 * self.bc_dim, config["d_conv"])
         if config["time_aware"]:
             max_len, dropout = config["MAX_ITEM_LIST_LENGTH"], config["time_dropout_prob"]
-            self.time_step = TimeAwareStep(self.n_heads, max_len, config["d_conv"], dropout)
-            self.time_gate = TimeGate(max_len, dropout, config["norm_eps"])
+            self.time_step = TimeAwareStep(
+                self.n_heads, max_len, config["d_conv"], dropout, config["time_scale_activation"]
+            )
+            per_position = "p2p_residual" in config and bool(config["p2p_residual"])  # absent: False
+            self.time_gate = TimeGate(max_len, dropout, config["norm_eps"], per_position)
 
     def forward(self, x, delta, mask):
         z, xbc, dt_raw = torch.split(
@@ -112,8 +121,14 @@ class TiCoSSD(nn.Module):
         self.conv_c = CausalConv1d(self.bc_dim, config["d_conv"])
         if config["time_aware"]:
             self.time_step = TimeAwareStep(
-                self.n_heads, config["MAX_ITEM_LIST_LENGTH"], config["d_conv"], config["time_dropout_prob"]
+                self.n_heads, config["MAX_ITEM_LIST_LENGTH"], config["d_conv"], config["time_dropout_prob"],
+                config["time_scale_activation"],
             )
+
+    def live_init(self):
+        """``time_path: live``: dt's rows of u_proj at N(0, 1/D), as ``TiSSD.live_init``."""
+        if hasattr(self, "time_step"):
+            init_dt_rows(self.u_proj, self.n_heads)
 
     def forward(self, q, u, delta_co):
         xb, dt_raw = torch.split(self.u_proj(u), [self.d_inner + self.bc_dim, self.n_heads], -1)

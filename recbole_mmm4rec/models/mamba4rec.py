@@ -1,92 +1,107 @@
-r"""Mamba4Rec on this project's Mamba-2 SSD block: an ID-based SSM sequential recommender.
+r"""Mamba4Rec: an ID-based sequential recommender on Mamba-1's selective SSM block.
 
 Liu et al., "Mamba4Rec: Towards Efficient Sequential Recommendation with Selective State Space
 Models", arXiv 2403.03900 (2024). Item ID embedding -> dropout -> LayerNorm -> ``num_layers`` blocks of
-[SSM block -> dropout -> residual LayerNorm -> FFN] -> the last real position -> dot product with the
+[Mamba block -> dropout -> residual LayerNorm -> FFN] -> the last real position -> dot product with the
 (tied) item embedding table, cross-entropy over all items.
 
-Difference from the paper, on purpose: the original uses Mamba-1's selective scan. Here the SSM block
-is the Mamba-2 (SSD) block of ``layers/tissd.py`` with its time path switched off (in_proj, causal conv
-+ SiLU over [x, B, C], SSD, gated RMSNorm, out_proj), so that ONE SSD implementation serves every SSM
-model of the package (and mamba-ssm's fused kernel on CUDA, ``ssd_mode: auto``).
-Other choices: the FFN is ``layers.tissd.FeedForward`` (Hardswish, post-norm residual; the paper's FFN
-uses GELU) with ``inner_size`` 4·D by default; the residual around the SSM block is always there (the
-authors' code drops it when ``num_layers == 1``).
+The SSM block is Mamba-1's (``layers/selective_scan.py``: in_proj, causal conv + SiLU, selective scan
+with per-channel dt, N-dimensional A per channel, x-dependent B and C, D skip, gate silu(z), out_proj),
+as the authors' code (mamba-ssm's ``Mamba``); on CUDA with mamba-ssm installed it runs mamba-ssm's fused
+scan kernel. Weights as the authors' code: N(0, 0.02) linear and embedding weights, zero biases, PyTorch's
+default conv init, A_log and D as Mamba-1.
+Differences from the authors' code: dt_proj keeps Mamba-1's initialisation (the authors' blanket init
+overwrites it with N(0, 0.02) and a zero bias, so every channel starts at dt = softplus(0) = 0.69 rather
+than in [1e-3, 1e-1]); the FFN is ``layers.tissd.FeedForward`` (Hardswish, post-norm residual; theirs uses
+GELU) with ``inner_size`` 4·D; the residual around the SSM block is always there (the authors' code drops
+it when ``num_layers == 1``, their released setting); histories are 20 items long (this package's
+protocol, ``overall.yaml``; the authors' config uses 50 on Amazon and 200 on MovieLens-1M).
 
-``SSMRecommender`` is the skeleton shared with TiM4Rec (``models/tim4rec.py``), which turns the time
-path on.
+``SSMRecommender`` is the skeleton shared with TiM4Rec (``models/tim4rec.py``): a model names its
+block (``BLOCK``) and the keys the block reads (``LAYER_KEYS``); TiM4Rec also turns the time path on.
 """
 
 import torch
 import torch.nn as nn
 from recbole.model.abstract_recommender import SequentialRecommender
 
-from recbole_mmm4rec.layers.time import MaskedSequenceNorm, time_differences
-from recbole_mmm4rec.layers.tissd import FeedForward, TiSSD
+from recbole_mmm4rec.layers.selective_scan import MambaBlock
+from recbole_mmm4rec.layers.time import MaskedSequenceNorm, init_time_path, time_differences
+from recbole_mmm4rec.layers.tissd import FeedForward
 
-# The keys the layers read (TiSSD, SSDMixer, FeedForward), copied from the RecBole Config.
-LAYER_KEYS = ("hidden_size", "inner_size", "expand", "head_dim", "d_state", "n_groups", "chunk_size",
-              "ssd_mode", "d_conv", "norm_eps", "MAX_ITEM_LIST_LENGTH")
+# The keys every layer reads (the residual LayerNorm and FeedForward), besides the block's LAYER_KEYS.
+SHARED_LAYER_KEYS = ("hidden_size", "inner_size", "norm_eps")
 
 
 class SSMLayer(nn.Module):
-    """One block: h = LN(Dropout(TiSSD(x, delta)) + x); out = FFN(h).
+    """One block: h = LN(Dropout(SSM(x)) + x); out = FFN(h).
 
     x [B, L, D], delta [B, H, L] or None, mask [B, L] -> (out [B, L, D], delta' [B, H, L] or None).
     """
 
-    def __init__(self, layer_config):
+    def __init__(self, block, layer_config):
         super().__init__()
-        self.ssm = TiSSD(layer_config)
+        self.ssm = block(layer_config)
         self.dropout = nn.Dropout(layer_config["hidden_dropout_prob"])
         self.norm = nn.LayerNorm(layer_config["hidden_size"], eps=layer_config["norm_eps"])
         self.ffn = FeedForward(layer_config)
 
     def forward(self, x, delta, mask):
-        out, delta = self.ssm(x, delta, mask)
+        if delta is None:  # the block reads the content only (Mamba4Rec)
+            out = self.ssm(x)
+        else:  # the time-aware block also hands on the time signal (TiM4Rec)
+            out, delta = self.ssm(x, delta, mask)
         return self.ffn(self.norm(self.dropout(out) + x)), delta
 
 
 class SSMRecommender(SequentialRecommender):
     r"""ID embedding -> SSM layers -> last real position -> tied dot-product scores (CE over all items).
 
-    Subclasses set ``TIME_AWARE``: False reads only ``item_id_list`` and ``item_length``; True also
-    reads RecBole's ``timestamp_list`` and threads the time signal through the layers.
+    Subclasses set ``BLOCK`` (the SSM block class, built from a dict of ``LAYER_KEYS``), ``LAYER_KEYS``
+    and ``TIME_AWARE``: False reads only ``item_id_list`` and ``item_length``; True also reads RecBole's
+    ``timestamp_list`` and threads the time signal through the layers.
     """
 
+    BLOCK = None
+    LAYER_KEYS = ()
     TIME_AWARE = False
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         name = type(self).__name__
         check_ssm_config(config, name)
+        self.check_block_config(config, name)
         if bool(config["time_aware"]) != self.TIME_AWARE:
             raise ValueError(
                 f"{name}: time_aware must be {self.TIME_AWARE}, got {config['time_aware']} "
-                "(Mamba4Rec is the SSD recommender without time, TiM4Rec the one with time)"
+                "(Mamba4Rec is the SSM recommender without time, TiM4Rec the one with time)"
             )
         if self.TIME_AWARE and config["TIME_FIELD"] not in dataset.field2type:
             raise ValueError(
                 f"{name} reads the history's timestamps: load_col.inter must include {config['TIME_FIELD']!r}"
             )
         self.TIME_SEQ = f"{config['TIME_FIELD']}{config['LIST_SUFFIX']}"
-        layer_config = {key: config[key] for key in LAYER_KEYS}
-        layer_config.update(
-            time_aware=self.TIME_AWARE,
-            hidden_dropout_prob=config["dropout_prob"],
-            time_dropout_prob=config["time_dropout_prob"] if self.TIME_AWARE else 0.0,
-        )
+        layer_config = {key: config[key] for key in SHARED_LAYER_KEYS + self.LAYER_KEYS}
+        layer_config["hidden_dropout_prob"] = config["dropout_prob"]
         hidden, eps = config["hidden_size"], config["norm_eps"]
         self.item_embedding = nn.Embedding(self.n_items, hidden, padding_idx=0)
         self.embedding_dropout = nn.Dropout(config["dropout_prob"])
         self.embedding_norm = nn.LayerNorm(hidden, eps=eps)
+        self.layers = nn.ModuleList(SSMLayer(self.BLOCK, layer_config) for _ in range(config["num_layers"]))
         if self.TIME_AWARE:
-            self.time_dropout = nn.Dropout(config["time_dropout_prob"])
+            # The raw time differences get dropout_prob, as the authors' code (time_dropout_prob is the
+            # dropout inside the time path, their time_drop_out).
+            self.time_dropout = nn.Dropout(config["dropout_prob"])
             self.time_norm = MaskedSequenceNorm(config["MAX_ITEM_LIST_LENGTH"], eps)
-        self.layers = nn.ModuleList(SSMLayer(layer_config) for _ in range(config["num_layers"]))
-        self.n_heads = self.layers[0].ssm.n_heads
+            self.n_heads = self.layers[0].ssm.n_heads
         self.loss_fct = nn.CrossEntropyLoss()
         self.apply(self._init_weights)
+        if self.TIME_AWARE:
+            init_time_path(self, config["time_path"])
+
+    @classmethod
+    def check_block_config(cls, config, name):
+        """The block's own keys; subclasses check theirs."""
 
     @staticmethod
     def _init_weights(module):
@@ -135,32 +150,29 @@ class SSMRecommender(SequentialRecommender):
 
 
 class Mamba4Rec(SSMRecommender):
-    r"""Mamba4Rec (Liu et al., 2024) as a RecBole sequential recommender, on the Mamba-2 SSD block
-    (the paper's block is Mamba-1's selective scan; see the module docstring). Reads ``item_id_list``
-    and ``item_length``; needs ``train_neg_sample_args: ~`` and ``loss_type: CE``."""
+    r"""Mamba4Rec (Liu et al., 2024) as a RecBole sequential recommender, on Mamba-1's block. Reads
+    ``item_id_list`` and ``item_length``; needs ``train_neg_sample_args: ~`` and ``loss_type: CE``."""
 
+    BLOCK = MambaBlock
+    LAYER_KEYS = ("expand", "d_state", "d_conv", "dt_rank")
     TIME_AWARE = False
+
+    @classmethod
+    def check_block_config(cls, config, name):
+        dt_rank = config["dt_rank"]
+        if dt_rank != "auto" and (not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank < 1):
+            raise ValueError(f"{name}: dt_rank must be 'auto' or a positive integer, got {dt_rank!r}")
 
 
 def check_ssm_config(config, name):
-    """Fail early, naming the key, on values the layers cannot be built from."""
-    hidden, expand, head_dim = config["hidden_size"], config["expand"], config["head_dim"]
-    for key in ("hidden_size", "inner_size", "expand", "head_dim", "d_state", "n_groups", "chunk_size",
-                "d_conv", "num_layers"):
+    """Fail early, naming the key, on values every SSM recommender's layers need."""
+    for key in ("hidden_size", "inner_size", "expand", "d_state", "d_conv", "num_layers"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f"{name}: {key} must be a positive integer, got {config[key]!r}")
-    if (hidden * expand) % head_dim:
-        raise ValueError(f"{name}: hidden_size * expand = {hidden * expand} is not divisible by head_dim = {head_dim}")
-    n_heads = hidden * expand // head_dim
-    if n_heads % config["n_groups"]:
-        raise ValueError(f"{name}: n_groups = {config['n_groups']} must divide the number of heads {n_heads}")
-    if config["ssd_mode"] not in ("auto", "quadratic", "chunked"):
-        raise ValueError(f"{name}: ssd_mode must be auto, quadratic or chunked, got {config['ssd_mode']!r}")
-    for key in ("dropout_prob", "time_dropout_prob"):
-        if config[key] is not None and not 0 <= config[key] < 1:
-            raise ValueError(f"{name}: {key} must be in [0, 1), got {config[key]}")
     if config["dropout_prob"] is None:
         raise ValueError(f"{name}: dropout_prob is not set")
+    if not 0 <= config["dropout_prob"] < 1:
+        raise ValueError(f"{name}: dropout_prob must be in [0, 1), got {config['dropout_prob']}")
     if config["loss_type"] != "CE":
         raise ValueError(f"{name}: only loss_type CE (cross-entropy over all items) is supported, "
                          f"got {config['loss_type']!r}")

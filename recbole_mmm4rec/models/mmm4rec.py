@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_mmm4rec.data.dataset import MODALITIES
-from recbole_mmm4rec.layers.time import MaskedSequenceNorm, time_differences
+from recbole_mmm4rec.layers.time import MaskedSequenceNorm, init_time_path, time_differences
 from recbole_mmm4rec.layers.tissd import MMM4RecLayer
 
 
@@ -38,12 +38,16 @@ class ItemTable(nn.Module):
 
 class ModalityAdapter(nn.Module):
     """Eq. 2: a linear map d_m -> D of a modality's features; items lacking the modality get a learned
-    "missing" vector instead (never a silent zero feature row); plus the item's bias when there is one."""
+    "missing" vector instead (never a silent zero feature row); plus the item's bias when there is one.
+
+    The missing vector starts at N(0, 0.02), the scale of an adapted feature vector: a zero start would
+    hand L2 normalisation and LayerNorm the zero vector (gradients of 1/eps, DESIGN.md §8). Padding
+    (item 0) has no feature either and uses it too, so no zero vector reaches a normalisation."""
 
     def __init__(self, feature_dim, hidden_size):
         super().__init__()
         self.linear = nn.Linear(feature_dim, hidden_size)
-        self.missing = nn.Parameter(torch.zeros(hidden_size))
+        self.missing = nn.Parameter(torch.empty(hidden_size).normal_(0.0, 0.02))
 
     def forward(self, table, items):
         """items: any shape of item ids into ``table`` (an ItemTable) -> [*items.shape, D]."""
@@ -68,6 +72,7 @@ class MMM4RecEncoder(nn.Module):
         self.n_heads = self.layers[0].tissd.n_heads
         self.temperature = config["temperature"]
         self.apply(self._init_weights)
+        init_time_path(self, config["time_path"])
 
     @staticmethod
     def _init_weights(module):
@@ -124,7 +129,7 @@ class MMM4Rec(SequentialRecommender):
 
     # The hyperparameters the encoder's weights depend on: stored with a pre-trained checkpoint.
     ENCODER_KEYS = ("hidden_size", "inner_size", "num_layers", "d_state", "d_conv", "expand", "head_dim",
-                    "n_groups", "MAX_ITEM_LIST_LENGTH", "time_aware")
+                    "n_groups", "MAX_ITEM_LIST_LENGTH", "time_aware", "time_scale_activation", "p2p_residual")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -146,8 +151,10 @@ class MMM4Rec(SequentialRecommender):
         return self.encoder.item_embeddings(self.items, items)
 
     def calculate_loss(self, interaction):
-        """Eq. 21: cross-entropy over all items."""
-        logits = self.encoder.scores(self._user_vector(interaction), self._all_items())
+        """Eq. 21: cross-entropy over all items. The padding item 0 is no candidate (as in RecBole's
+        full-sort evaluation; the authors' code keeps it)."""
+        logits = self.encoder.scores(self._user_vector(interaction), self._all_items())  # [B, n_items]
+        logits[:, 0] = float("-inf")
         return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
 
     def calculate_in_batch_loss(self, interaction):
