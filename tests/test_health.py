@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import recbole_mmm4rec
 from conftest import build_model
 from recbole_mmm4rec import health
 from recbole_mmm4rec.health import __main__ as command
@@ -146,15 +147,35 @@ def run_cli(*args):
                           capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
 
 
-def test_cli_shows_the_dead_time_path_of_the_shipped_checkpoint():
-    result = run_cli(SHIPPED)
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    norm_line = next(line for line in out.splitlines() if line.strip().startswith("encoder.time_norm.weight"))
-    assert "CONSTANT (= 0.58345" in norm_line
-    scale = [line for line in out.splitlines() if ".time_step.scale." in line and line.split()[0].endswith("weight")]
-    assert len(scale) == 4 and all(line.endswith("SHRUNK") for line in scale)  # std ~1e-4, fresh ~0.2
-    assert "time_scale_mlp" in out.split("every tensor flagged (likely dead):")[1]
+def _trained_on_office(office, time_path, path, steps=20):
+    """A tiny MMM4Rec trained ``steps`` NAdam steps on office (what NAdamTrainer does), saved as RecBole does."""
+    from recbole_mmm4rec.models import MMM4Rec
+    from recbole_mmm4rec.trainers import nadam, parameter_groups
+
+    config = recbole_mmm4rec.build_config("MMM4Rec", "office", config_dict={
+        key: office[0][key] for key in ("hidden_size", "inner_size", "expand", "head_dim", "n_groups", "d_state",
+                                        "chunk_size", "show_progress", "state", "seed", "checkpoint_dir")
+    } | {"time_path": time_path, "train_batch_size": 128})
+    torch.manual_seed(0)
+    model = MMM4Rec(config, office[1]).train()
+    optimizer = nadam(parameter_groups(model.parameters()), learning_rate=1e-3, weight_decay=0.005)
+    for _, batch in zip(range(steps), office[2]):
+        optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+    torch.save({"config": config, "epoch": 0, "state_dict": model.state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize("time_path", ["paper", "live"])
+def test_cli_shows_a_time_norm_that_data_never_reached(office, tmp_path, time_path):
+    """Trained with the authors' time path, the time LayerNorm's weights move by weight decay alone and stay
+    equal to one another (as in the checkpoint shipped before the fixes: all 0.58345): CONSTANT. With the
+    default time path they learn per position."""
+    out = run_cli(_trained_on_office(office, time_path, tmp_path / f"MMM4Rec-{time_path}.pth"))
+    assert out.returncode == 0, out.stderr
+    line = next(row for row in out.stdout.splitlines() if row.strip().startswith("encoder.time_norm.weight"))
+    assert ("CONSTANT" in line) == (time_path == "paper"), line
 
 
 def test_cli_against_itself_is_zero_change(capsys):
