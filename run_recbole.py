@@ -2,7 +2,7 @@
 
     python run_recbole.py --model=MMM4Rec --dataset=scientific_mm --epochs=3
     python run_recbole.py --model=SASRec --dataset=scientific_mm --config_files="a.yaml b.yaml"
-    python run_recbole.py --model=MMM4Rec --stage=pretrain --dataset=office,scientific [--resume]
+    python run_recbole.py --model=MMM4Rec --stage=pretrain --dataset=office,scientific [--resume | --overwrite]
     python run_recbole.py --model=MMM4Rec --dataset=office --pretrained=saved/MMM4Rec-pretrain-.../best.pth
     python run_recbole.py --model=UniSRec --stage=pretrain --dataset=office,scientific
 
@@ -22,6 +22,8 @@ if __name__ == "__main__":
                         help="pretrain: MMM4Rec or UniSRec on the union of --dataset=A,B,... with in-batch negatives")
     parser.add_argument("--resume", nargs="?", const="True", default="False",
                         help="pre-training: continue from the run's last.pth")
+    parser.add_argument("--overwrite", nargs="?", const="True", default="False",
+                        help="pre-training: replace the run already in the checkpoint folder")
     args, _ = parser.parse_known_args()  # the rest is read by RecBole's Config from sys.argv
 
     config_files = args.config_files.strip().split(" ") if args.config_files else None
@@ -29,7 +31,8 @@ if __name__ == "__main__":
         pretrainable = recbole_mmm4rec.quick_start.PRETRAINABLE
         if args.model not in pretrainable:
             parser.error(f"--stage=pretrain is for --model={' or --model='.join(pretrainable)}")
-        resume = args.resume.lower() in ("true", "1", "yes")
-        recbole_mmm4rec.pretrain(args.dataset.split(","), config_files, resume=resume, model=args.model)
+        resume, overwrite = (flag.lower() in ("true", "1", "yes") for flag in (args.resume, args.overwrite))
+        recbole_mmm4rec.pretrain(args.dataset.split(","), config_files, resume=resume, model=args.model,
+                                 overwrite=overwrite)
     else:
         recbole_mmm4rec.run(model=args.model, dataset=args.dataset, config_file_list=config_files)

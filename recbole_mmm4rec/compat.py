@@ -13,8 +13,11 @@ call it again (``import recbole_mmm4rec`` does).
    many call sites to patch: we require pandas 2 and say so clearly.
 3. torch >= 2.6 loads with ``weights_only=True``; RecBole checkpoints pickle the ``Config``, which holds
    a model class and a yaml loader, so the test evaluation after training fails. We keep the safe loader:
-   ``Config`` pickles without those two attributes (they are rebuilt on load) and only ``Config``,
-   RecBole's enums and NumPy scalars are allow-listed.
+   ``Config`` pickles without those two attributes (they are rebuilt on load). ``Config`` itself is NOT
+   allow-listed (its constructor ``eval``s strings and RecBole acts on its contents as code): its name
+   loads as ``checkpoints.CheckpointConfig``, which accepts plain data naming one of our models or the one
+   the caller expects (``checkpoints.expecting``). RecBole's ``Trainer.evaluate`` and ``resume_checkpoint``
+   expect the trainer's own model.
 4. ``Trainer._save_checkpoint`` writes in place (a crash mid-write leaves a broken file) with pickle
    protocol 4 (which torch's ``weights_only`` loader rejects). It now writes torch's default protocol to
    a temporary file and renames it (atomic on POSIX).
@@ -31,6 +34,7 @@ call it again (``import recbole_mmm4rec`` does).
    gradients are bit-identical). Turn it on yourself with ``torch.autograd.set_detect_anomaly(True)``.
 """
 
+import functools
 import importlib.util
 import os
 import sys
@@ -93,9 +97,10 @@ def _require_pandas_2():
 
 
 def _make_config_weights_only_loadable():
-    import torch
     from recbole.config import Config
-    from recbole.utils import enum_type
+    from recbole.trainer import Trainer
+
+    from recbole_mmm4rec.checkpoints import allow_checkpoint_globals
 
     unpicklable = ("model_class", "yaml_loader")
 
@@ -108,12 +113,22 @@ def _make_config_weights_only_loadable():
         self.model_class = None  # resolved again by name wherever RecBole needs it
 
     Config.__getstate__ = __getstate__
-    Config.__setstate__ = __setstate__
-    enums = [enum_type.ModelType, enum_type.InputType, enum_type.EvaluatorType,
-             enum_type.FeatureType, enum_type.FeatureSource, enum_type.KGDataLoaderState]
-    numpy_scalars = [np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType,
-                     np.dtypes.Int64DType, np._core.multiarray.scalar]
-    torch.serialization.add_safe_globals([Config, *enums, *numpy_scalars])
+    Config.__setstate__ = __setstate__  # plain pickle (RecBole's dataset cache); torch uses CheckpointConfig
+    allow_checkpoint_globals()
+    for name in ("evaluate", "resume_checkpoint"):
+        setattr(Trainer, name, _expecting_own_model(getattr(Trainer, name)))
+
+
+def _expecting_own_model(method):
+    """``method`` of a RecBole trainer, run while checkpoints may hold the trainer's own model."""
+    from recbole_mmm4rec.checkpoints import expecting
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with expecting(self.config["model"]):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def _make_checkpoint_writes_atomic():

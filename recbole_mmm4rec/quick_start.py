@@ -7,8 +7,11 @@
 are found first and every other name falls through to RecBole.
 """
 
+import difflib
 import os
+import re
 import sys
+import tempfile
 from logging import getLogger
 from pathlib import Path
 from time import perf_counter
@@ -16,14 +19,17 @@ from time import perf_counter
 import recbole
 import recbole.data.dataset
 import recbole.trainer
+import yaml
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_environment, get_model, get_trainer, init_logger, init_seed, set_color
 
+from recbole_mmm4rec.data.checks import check_interactions
 from recbole_mmm4rec.data.dataset import MultiModalSequentialDataset
 from recbole_mmm4rec.history import with_history
+from recbole_mmm4rec.layers.config import check_training_config
 from recbole_mmm4rec.models import Mamba4Rec, MMM4Rec, TextSASRec, TiM4Rec, UniSRec
-from recbole_mmm4rec.trainers import NAdamTrainer, Pretrainer, load_pretrained
+from recbole_mmm4rec.trainers import NAdamTrainer, Pretrainer, load_pretrained, read_pretrained
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROPERTIES = PROJECT_ROOT / "properties"
@@ -52,19 +58,28 @@ RECBOLE_MODEL_PACKAGES = ("general_recommender", "context_aware_recommender", "s
                           "knowledge_aware_recommender", "exlib_recommender")
 
 
-def check_model_name(model):
-    """Fail with a clear message for a name that is neither ours nor RecBole's.
-
-    (RecBole's own lookup would end in an ImportError of lightgbm/xgboost from its exlib package.)
-    """
-    if model in PLUGINS:
-        return
+def model_names():
+    """Every name ``--model`` accepts: ours, then RecBole's built-ins (the class defined in
+    ``recbole/model/<package>/<name.lower()>.py``, which is how RecBole's ``get_model`` finds it)."""
+    names = list(PLUGINS)
     for package in RECBOLE_MODEL_PACKAGES:
-        folder = Path(recbole.__file__).parent / "model" / package
-        if (folder / f"{model.lower()}.py").is_file():
-            return
+        for path in sorted((Path(recbole.__file__).parent / "model" / package).glob("*.py")):
+            names += [name for name in re.findall(r"^class (\w+)\(", path.read_text(encoding="utf-8"), re.M)
+                      if name.lower() == path.stem and name not in names]
+    return names
+
+
+def check_model_name(model, where="--model"):
+    """Fail with a clear message for a name that is neither ours nor RecBole's (names are exact: SASRec,
+    not SASrec; RecBole's own lookup would end in an AttributeError or an ImportError of lightgbm)."""
+    names = model_names()
+    if model in names:
+        return
+    by_case = [name for name in names if name.lower() == str(model).lower()]
+    close = by_case or difflib.get_close_matches(str(model), names, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise ValueError(
-        f"Unknown model {model!r}: not a recbole-mmm4rec model ({', '.join(PLUGINS)}) "
+        f"Unknown model {model!r} ({where}): {hint}not a recbole-mmm4rec model ({', '.join(PLUGINS)}) "
         "nor a RecBole built-in (names are case-sensitive, e.g. SASRec, GRU4Rec, Pop)"
     )
 
@@ -90,11 +105,41 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     dataset = dataset or _command_line_value("dataset") or "scientific_mm"
     check_model_name(model)
     files = default_config_files(model, dataset) + list(config_file_list or [])
+    for file in files:
+        check_yaml_file(file)
     config = Config(model=model, dataset=dataset, config_file_list=files, config_dict=config_dict)
     data_path = config["data_path"]
     if not os.path.isabs(data_path) and not os.path.isdir(data_path) and (PROJECT_ROOT / data_path).is_dir():
         config["data_path"] = str(PROJECT_ROOT / data_path)
+    check_training_config(config)
+    if model in PLUGINS:
+        PLUGINS[model][0].check_config(config)
     return config
+
+
+def check_yaml_file(path):
+    """A config file exists and is a yaml mapping; a syntax error names the file (RecBole's does not)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = yaml.safe_load(f)
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {path}: not valid yaml: {error}") from None
+    if content is not None and not isinstance(content, dict):
+        raise ValueError(f"config file {path}: expected a mapping of config keys (key: value lines), "
+                         f"got a {type(content).__name__}")
+
+
+def check_writable(folder, key):
+    """Create ``folder`` if needed and check that a file can be written there, before any training."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise PermissionError(f"{key} = {folder}: cannot write there ({error.strerror or error}); "
+                              f"give --{key}=<a writable folder>") from None
 
 
 def _command_line_value(key):
@@ -112,11 +157,16 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     trainer, ours and RecBole's, see ``recbole_mmm4rec.history``).
     """
     config = build_config(model, dataset, config_file_list, config_dict)
+    if saved:
+        check_writable(config["checkpoint_dir"], "checkpoint_dir")
+    if config["pretrained"]:
+        read_pretrained(config["pretrained"], config["model"])  # a bad file fails before the data is loaded
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
+    check_interactions(config)  # bad ids/times stop here, naming file, line and field
 
     dataset = create_dataset(config)
     logger.info(dataset)
@@ -167,12 +217,13 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     }
 
 
-def pretrain(datasets, config_file_list=None, config_dict=None, resume=False, model="MMM4Rec"):
+def pretrain(datasets, config_file_list=None, config_dict=None, resume=False, model="MMM4Rec", overwrite=False):
     """Pre-train a model (MMM4Rec, UniSRec) on the union of several datasets (``--stage=pretrain --dataset=A,B``).
 
     Each dataset keeps its own item space and features; ``properties/pretrain/<model>.yaml`` sits between
     the dataset defaults and the user's files. Checkpoints go to ``<checkpoint_dir>/<model>-pretrain-A+B/``
-    (``last.pth`` every epoch, ``best.pth``); ``resume=True`` continues from ``last.pth``.
+    (``last.pth`` every epoch, ``best.pth``); ``resume=True`` continues from ``last.pth``. A folder that
+    already holds a run is refused unless ``resume`` or ``overwrite`` says what to do with it.
     Returns (history, run folder).
     """
     if model not in PRETRAINABLE:
@@ -184,8 +235,11 @@ def pretrain(datasets, config_file_list=None, config_dict=None, resume=False, mo
     for name in datasets:
         config = configs[name] = build_config(model, name, files, config_dict)
         if name == datasets[0]:
+            run_dir = pretrain_run_dir(config, model, datasets)
+            check_run_dir(run_dir, resume, overwrite)
             init_logger(config)
             getLogger().info(config)
+        check_interactions(config)
         init_seed(config["seed"], config["reproducibility"])
         dataset = create_dataset(config)
         getLogger().info(dataset)
@@ -197,12 +251,29 @@ def pretrain(datasets, config_file_list=None, config_dict=None, resume=False, mo
         _check_same_encoder(datasets[0], first, name, view)
         view.encoder = first.encoder
     config = configs[datasets[0]]
-    run_dir = os.path.join(config["checkpoint_dir"], f"{model}-pretrain-" + "+".join(sorted(datasets)))
     trainer = Pretrainer(config, views, train_sets, valid_loaders, run_dir)
     getLogger().info(first.encoder)
     history = trainer.fit(config["epochs"], resume=resume, show_progress=config["show_progress"])
     getLogger().info(set_color("pre-training done", "yellow") + f": checkpoints in {run_dir}")
     return history, run_dir
+
+
+def pretrain_run_dir(config, model, datasets):
+    return os.path.join(config["checkpoint_dir"], f"{model}-pretrain-" + "+".join(sorted(datasets)))
+
+
+def check_run_dir(run_dir, resume, overwrite):
+    """Refuse to start a new pre-training over a folder that holds one (its best.pth would be replaced),
+    unless ``resume`` (continue it) or ``overwrite`` (replace it) is given; check the folder is writable."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in its folder, --overwrite replaces it: give one of them")
+    existing = [name for name in ("best.pth", "last.pth") if os.path.isfile(os.path.join(run_dir, name))]
+    if existing and not resume and not overwrite:
+        raise FileExistsError(
+            f"{run_dir} already holds a pre-training run ({', '.join(existing)}): a new run would replace it. "
+            "Give --resume to continue it, --overwrite to replace it, or --checkpoint_dir=<another folder>"
+        )
+    check_writable(run_dir, "checkpoint_dir")
 
 
 def _check_same_encoder(name_a, model_a, name_b, model_b):

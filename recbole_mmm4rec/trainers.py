@@ -9,6 +9,7 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 from tqdm import tqdm
 
+from recbole_mmm4rec.checkpoints import RECBOLE_FORMAT, CheckpointError, WrongModel, read_checkpoint
 from recbole_mmm4rec.compat import save_atomically
 from recbole_mmm4rec.health import HealthMonitor
 from recbole_mmm4rec.history import EpochHistory
@@ -232,7 +233,11 @@ class Pretrainer:
         """Continue from ``last.pth``: weights, item tables, optimizer, epoch and history."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--resume: no pre-training checkpoint at {path}")
-        state, this = torch.load(path, map_location=self.device), self._state(False)
+        this = self._state(False)
+        try:
+            state = read_checkpoint(path, expect_model=this["model"], map_location=self.device).state
+        except CheckpointError as error:
+            raise ValueError(f"--resume: {error}") from None
         if [state.get("model", "MMM4Rec"), state["datasets"], state["model_config"]] != [
                 this["model"], this["datasets"], this["model_config"]]:
             raise ValueError(
@@ -254,6 +259,40 @@ def _layer_index(key):
     return int(parts[1]) if parts[0] == "layers" and len(parts) > 1 and parts[1].isdigit() else -1
 
 
+_WHAT_TRANSFERS = ("--pretrained takes a --stage=pretrain checkpoint of {name} "
+                   "or a checkpoint of {name} saved by run_recbole.py")
+
+
+def read_pretrained(path, name):
+    """The encoder of model ``name`` in checkpoint ``path``, read as data (``checkpoints.read_checkpoint``):
+    a pre-training state dict, or one made from a RecBole model file of ``name`` (its ``encoder.*`` weights).
+    Raises FileNotFoundError or ValueError, the message naming the file (and the model it holds)."""
+    try:
+        checkpoint = read_checkpoint(path, expect_model=name)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"pretrained: no checkpoint at {path}") from None
+    except WrongModel as error:
+        raise ValueError(f"pretrained: {_wrong_encoder(path, name, error.found, error.kind)}") from None
+    except CheckpointError as error:
+        raise ValueError(f"pretrained: {error}") from None
+    state = checkpoint.state
+    if checkpoint.kind == RECBOLE_FORMAT:
+        # a RecBole checkpoint of the model trained on another domain: its encoder transfers the same way
+        encoder = {k[len("encoder."):]: v for k, v in state["state_dict"].items() if k.startswith("encoder.")}
+        state = {"model": name, "encoder": encoder, "datasets": [state["config"]["dataset"]],
+                 "epoch": state.get("epoch", 0) + 1}
+    if not state["encoder"]:
+        raise ValueError(f"pretrained: {path} holds no {name} encoder weights ({_WHAT_TRANSFERS.format(name=name)})")
+    return state
+
+
+def _wrong_encoder(path, name, found, kind):
+    """The message for a checkpoint ``path`` of model ``found`` (format ``kind``) given to model ``name``."""
+    if kind == RECBOLE_FORMAT:
+        return f"{path} is a {found} checkpoint (a {kind}); this model is {name}: {_WHAT_TRANSFERS.format(name=name)}"
+    return f"{path} holds an encoder of {found}; this model is {name} ({_WHAT_TRANSFERS.format(name=name)})"
+
+
 def load_pretrained(model, path, logger=None):
     """Fine-tuning start (DESIGN.md §6): load a pre-trained encoder into ``model`` (a pre-trainable model,
     see ``Pretrainer``: MMM4Rec or UniSRec).
@@ -269,26 +308,8 @@ def load_pretrained(model, path, logger=None):
     model's name or the names and shapes of those tensors.
     """
     logger = logger or getLogger()
-    try:
-        state = torch.load(path, map_location="cpu")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"pretrained: no checkpoint at {path}") from None
-    except Exception as error:
-        raise ValueError(f"pretrained: {path} is not a readable checkpoint ({error})") from error
     name = type(model).__name__
-    if isinstance(state, dict) and "encoder" not in state and "state_dict" in state:
-        # a RecBole checkpoint of the model trained on another domain: its encoder transfers the same way
-        encoder = {k[len("encoder."):]: v for k, v in state["state_dict"].items() if k.startswith("encoder.")}
-        state = {"model": state["config"]["model"], "encoder": encoder, "datasets": [state["config"]["dataset"]],
-                 "epoch": state.get("epoch", 0) + 1}
-    if not isinstance(state, dict) or not state.get("encoder"):
-        raise ValueError(
-            f"pretrained: {path} holds no {name} encoder weights (write one with --stage=pretrain, "
-            f"or pass a {name} checkpoint saved by run_recbole.py)"
-        )
-    source = state.get("model", "MMM4Rec")  # pre-training checkpoints before UniSRec were MMM4Rec's
-    if source != name:
-        raise ValueError(f"pretrained: {path} holds an encoder of {source}; this model is {name}")
+    state = read_pretrained(path, name)
     expected, given = model.encoder.state_dict(), dict(state["encoder"])
     depth = 1 + max((_layer_index(k) for k in expected), default=-1)  # MMM4Rec's num_layers (0: no such layers)
     deeper = sorted({_layer_index(k) for k in given if depth and _layer_index(k) >= depth})

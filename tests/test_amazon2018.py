@@ -182,7 +182,9 @@ def test_write_yaml_and_check(raw, tmp_path):
     assert done.returncode == 1
     fails = [line for line in done.stdout.splitlines() if line.startswith("FAIL ")]
     assert len(fails) == 1 and "sci.features.npz is missing" in fails[0], done.stdout
-    assert "FAILED: 1 failure(s), 0 warning(s)" in done.stdout
+    # the sample's users u2 and u3 have 3 interactions: too few for train + valid + test
+    assert "FAILED: 1 failure(s), 1 warning(s)" in done.stdout
+    assert "fewer than 4 interactions" in done.stdout, done.stdout
 
 
 def test_missing_files_fail_clearly(raw, tmp_path):

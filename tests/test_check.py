@@ -138,20 +138,23 @@ def test_missing_inter(copy):
 
 def test_bad_header_missing_cells_and_warnings(copy):
     path = copy / f"{NAME}.inter"
-    lines = path.read_text().splitlines()
-    # no timestamp column, one empty item cell, one user left with 2 interactions
-    body = ["\t".join(line.split("\t")[:2]) for line in lines[1:]]
-    body[0] = body[0].split("\t")[0] + "\tNA"
-    body.append("lonely\t" + body[1].split("\t")[1])
-    body.append("lonely\t" + body[2].split("\t")[1])
-    path.write_text("user_id:token\titem_id:token\n" + "\n".join(body) + "\n")
+    header, *rows = path.read_text().splitlines()
+    # one NA item cell (file line 2), one user with 2 interactions (train only for a sequential model)
+    user, _, time = rows[0].split("\t")
+    rows[0] = f"{user}\tNA\t{time}"
+    rows += ["lonely\t" + rows[1].split("\t")[1] + "\t1", "lonely\t" + rows[2].split("\t")[1] + "\t2"]
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
     report = check_dataset(copy)
     [message] = failures(report)
-    assert "1 row(s) with an empty or missing 'item_id' (line 2)" in message
-    warned = " ".join(warnings(report))
-    assert "no 'timestamp:float' field" in warned and "time-aware" in warned
-    assert "fewer than 3 interactions" in warned and "'lonely'" in warned
+    assert str(path) in message and "field 'item_id' is empty or missing on 1 line(s) (line 2)" in message
+    [warned] = warnings(report)
+    assert "fewer than 4 interactions" in warned and "1 with 2 (train only" in warned and "'lonely'" in warned
+    assert report.figures["users_with_fewer_than_4_interactions"] == 1
 
-    path.write_text("user_id:token\titem_id:tok\n" + "\n".join(body) + "\n")
+    # no timestamp column: RecBole's sequential datasets cannot load it, so it fails (it used to warn)
+    path.write_text("user_id:token\titem_id:token\n" + "\n".join("\t".join(r.split("\t")[:2]) for r in rows) + "\n")
+    assert any("no 'timestamp:float' column" in m and "MMM4Rec" in m for m in failures(check_dataset(copy)))
+
+    path.write_text("user_id:token\titem_id:tok\n" + "\n".join(rows) + "\n")
     [message] = failures(check_dataset(copy))
     assert str(path) in message and "'tok'" in message

@@ -12,6 +12,7 @@ from recbole.data.dataset import Dataset
 from recbole.trainer import Trainer
 
 import recbole_mmm4rec  # noqa: F401  (applies the fixes)
+from recbole_mmm4rec.checkpoints import CheckpointConfig, ConfigRefused, expecting
 from recbole_mmm4rec.compat import save_atomically
 
 
@@ -64,8 +65,12 @@ def test_recbole_checkpoint_loads_with_weights_only_default(tmp_path):
     path = str(tmp_path / "model.pth")
     trainer = _Trainer(config, path)
     Trainer._save_checkpoint(trainer, epoch=2, verbose=False)
-    checkpoint = torch.load(path)  # torch's default: weights_only=True
+    with expecting("SASRec"):  # what RecBole's Trainer.evaluate / resume_checkpoint do for their own model
+        checkpoint = torch.load(path)  # torch's default: weights_only=True
     assert checkpoint["epoch"] == 2 and checkpoint["config"]["model"] == "SASRec"
+    assert type(checkpoint["config"]) is Config  # the stand-in became RecBole's Config, with checked data
+    with pytest.raises(ConfigRefused, match="names model 'SASRec'"):  # not one of ours, not expected
+        torch.load(path)
     assert torch.equal(checkpoint["state_dict"]["weight"], trainer.model.weight)
     assert [f for f in os.listdir(tmp_path)] == ["model.pth"]  # no temporary file left
 
@@ -75,6 +80,16 @@ def test_weights_only_still_refuses_foreign_objects(tmp_path):
     torch.save({"payload": io.BytesIO(b"not allow-listed")}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path)
+
+
+def test_recbole_config_is_not_allow_listed_itself():
+    """Its name loads the stand-in (never constructed, state checked); RecBole's enums load by value."""
+    from torch._weights_only_unpickler import _get_user_allowed_globals
+
+    allowed = _get_user_allowed_globals()
+    assert allowed["recbole.config.configurator.Config"] is CheckpointConfig
+    assert Config not in allowed.values()
+    assert not any(isinstance(v, type) and v.__module__ == "recbole.utils.enum_type" for v in allowed.values())
 
 
 def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):

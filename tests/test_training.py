@@ -122,6 +122,9 @@ def test_accumulation_steps_must_be_a_positive_integer(scientific, tiny_dict):
     from recbole_mmm4rec.models import MMM4Rec
     from recbole_mmm4rec.trainers import NAdamTrainer
 
-    config = make_config(tiny_dict, accumulation_steps=0)
+    with pytest.raises(ValueError, match="accumulation_steps must be a positive integer, got 0"):
+        make_config(tiny_dict, accumulation_steps=0)  # refused when the config is read
+    config = make_config(tiny_dict)
+    config["accumulation_steps"] = 0  # and by the trainer, for a config changed afterwards
     with pytest.raises(ValueError, match="accumulation_steps must be a positive integer, got 0"):
         NAdamTrainer(config, MMM4Rec(config, scientific[1]))

@@ -13,7 +13,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from recbole_mmm4rec.benchmark.cells import cell_file, is_finished, log_file, read_cell, run_in_subprocess, train_cell
+from recbole_mmm4rec.benchmark.cells import (CellBusy, cell_file, cell_lock, is_finished, log_file, read_cell,
+                                             run_in_subprocess, train_cell)
 from recbole_mmm4rec.benchmark.report import write_reports
 from recbole_mmm4rec.benchmark.spec import SpecError, load
 
@@ -63,14 +64,18 @@ def run_all(bench, out, force=False, jobs=1):
 
     def run(label, model, dataset, seed, why):
         print(f"{label}: {why} (log: {log_file(out, model, dataset, seed)})", flush=True)
-        record = run_in_subprocess(bench, out, model, dataset, seed, jobs=jobs, label=label)
+        try:
+            record = run_in_subprocess(bench, out, model, dataset, seed, jobs=jobs, label=label)
+        except CellBusy as busy:
+            print(f"{label}: not started: {busy}", flush=True)
+            return "busy"
         print(f"{label}: {_outcome(record)}", flush=True)
         return record["status"]
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # each thread only waits on its cell's process
         counts.update(pool.map(lambda cell: run(*cell), todo))
-    print(f"{counts['ok']} cells trained, {counts['skipped']} skipped (finished before), {counts['failed']} failed",
-          flush=True)
+    print(f"{counts['ok']} cells trained, {counts['skipped']} skipped (finished before), {counts['failed']} failed"
+          + (f", {counts['busy']} running in another process" if counts["busy"] else ""), flush=True)
     return counts["failed"]
 
 
@@ -80,7 +85,12 @@ def run_one_cell(parser, bench, out, model, dataset, seed, jobs=1):
         parser.error(f"--cell {model} {dataset} {seed}: not a cell of {bench.path} "
                      f"(models {list(bench.models)}, datasets {list(bench.datasets)}, seeds {list(bench.seeds)})")
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value overrides from the command line: none here
-    record = train_cell(bench, out, model, dataset, int(seed), cells_at_once=jobs)
+    try:
+        with cell_lock(out, model, dataset, int(seed)):
+            record = train_cell(bench, out, model, dataset, int(seed), cells_at_once=jobs)
+    except CellBusy as busy:
+        print(f"cell not started: {busy}")
+        return 1
     print(f"cell {model} on {dataset}, seed {seed}: {_outcome(record)}")
     return 0 if record["status"] == "ok" else 1
 

@@ -4,18 +4,24 @@ The runner starts every cell in a fresh Python process (``python -m recbole_mmm4
 --cell MODEL DATASET SEED``): cells cannot leak state into each other, and the process's peak memory is
 the cell's own. The child writes ``cells/<dataset>/<model>/seed<seed>.json`` atomically, also when training
 fails; the parent streams the child's output into ``logs/<dataset>/<model>-seed<seed>.log`` and prints one
-line per epoch.
+line per epoch. A lock file per cell (``seed<seed>.lock``, held while it trains) keeps a second runner from
+training the same cell at once, and the child dies with its runner (Linux), so a killed runner leaves no
+orphan that records a cell later.
 """
 
+import ctypes
+import fcntl
 import json
 import os
 import platform
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
 import traceback
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from time import perf_counter
@@ -30,6 +36,56 @@ def cell_file(out, model, dataset, seed):
 
 def log_file(out, model, dataset, seed):
     return Path(out) / "logs" / dataset / f"{model}-seed{seed}.log"
+
+
+def lock_file(out, model, dataset, seed):
+    return cell_file(out, model, dataset, seed).with_suffix(".lock")
+
+
+# Set by the runner for its child: the lock the runner holds for it.
+LOCK_ENV = "RECBOLE_MMM4REC_CELL_LOCK"
+
+
+class CellBusy(RuntimeError):
+    """The cell is being trained by another process."""
+
+
+@contextmanager
+def cell_lock(out, model, dataset, seed):
+    """Hold the cell's lock while it runs; ``CellBusy`` if another process holds it. The kernel releases
+    the lock when its holder dies, kill -9 included. A runner's child runs under its parent's lock."""
+    path = lock_file(out, model, dataset, seed)
+    if os.environ.get(LOCK_ENV) == str(path):
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise CellBusy(f"{model} on {dataset}, seed {seed} is being trained by another process "
+                           f"(pid {holder}, lock {path})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+# prctl resolved here, in the runner: the child calls it between fork and exec, where it must not import
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_runner(runner):
+    """``preexec_fn`` of a cell's process (Linux): SIGKILL when the runner dies (``PR_SET_PDEATHSIG``, set
+    before the child runs anything, so there is no window), and exit at once if it already has."""
+    def setup():
+        _PRCTL(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != runner:
+            os._exit(1)
+    return setup if _PRCTL is not None else None
 
 
 def read_cell(path):
@@ -140,15 +196,21 @@ def run_in_subprocess(bench, out, model, dataset, seed, jobs=1, label=""):
     """Run one cell in a fresh Python process, streaming its output to the cell's log. Returns the record.
 
     ``jobs``: cells running at once (recorded by the child); then each progress line starts with ``label``."""
+    with cell_lock(out, model, dataset, seed):  # CellBusy before anything of the other run is touched
+        return _run_child(bench, out, model, dataset, seed, jobs, label)
+
+
+def _run_child(bench, out, model, dataset, seed, jobs, label):
     cell_path, log_path = cell_file(out, model, dataset, seed), log_file(out, model, dataset, seed)
     cell_path.unlink(missing_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "recbole_mmm4rec.benchmark", str(bench.path), "--out", str(out),
                "--jobs", str(jobs), "--cell", model, dataset, str(seed)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", LOCK_ENV: str(lock_file(out, model, dataset, seed))}
     start = perf_counter()
     with open(log_path, "w", buffering=1) as log:  # line-buffered: the log is current while the cell runs
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                 preexec_fn=_die_with_runner(os.getpid()))
         progress = EpochProgress(prefix=f"{label}, " if jobs > 1 else "")
         for line in child.stdout:
             log.write(line)

@@ -5,6 +5,7 @@ import os
 from recbole.data.dataset import SequentialDataset
 from recbole.utils import set_color
 
+from recbole_mmm4rec.data.checks import check_interactions
 from recbole_mmm4rec.data.features import FEATURE_SUFFIX, align_features, read_features
 
 MODALITIES = ("text", "image")
@@ -16,10 +17,13 @@ class MultiModalSequentialDataset(SequentialDataset):
     Features come from ``<data_path>/<dataset>.features.npz`` (format: ``data/features.py``) and are
     aligned through the item tokens (``field2id_token['item_id']``), never by row position. Row 0 is
     RecBole's padding item. A modality absent from the file (e.g. no images) is all missing.
-    ``feature_dims`` ({modality: dimension}, optional) is checked against the file.
+    ``feature_dims`` ({modality: dimension}, optional) is checked against the file. The ``.inter`` is
+    checked first (``data/checks.py``: bad ids or times stop loading with file, line and field), also
+    when RecBole's own entry points build this dataset; ``quick_start`` checks it for every model.
     """
 
     def __init__(self, config):
+        check_interactions(config)
         super().__init__(config)
         # RecBole's data_path is already <data_path>/<dataset> here.
         path = os.path.join(config["data_path"], config["dataset"] + FEATURE_SUFFIX)

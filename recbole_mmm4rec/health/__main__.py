@@ -9,6 +9,8 @@ from collections import defaultdict
 
 import torch
 
+from recbole_mmm4rec import checkpoints
+from recbole_mmm4rec.checkpoints import read_checkpoint
 from recbole_mmm4rec.health import CONSTANT_TOL, SHRUNK_STD, TINY, _change_norms, _ratio, component
 
 
@@ -23,26 +25,22 @@ def _model_name(state):
 
 def load_checkpoint(path):
     """-> (description, {name: float tensor}, state). RecBole's model file: names as in the model
-    (``encoder.*``, ``items.*``); a pre-training checkpoint: ``encoder.*`` and ``items.<domain>.*``."""
+    (``encoder.*``, ``items.*``); a pre-training checkpoint: ``encoder.*`` and ``items.<domain>.*``.
+    Read as data (``checkpoints.read_checkpoint``): a checkpoint of any model, nothing built from its config."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(path, any_model=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
-    except Exception as error:  # not a torch file, truncated, a pickle of other types, a directory, ...
-        text = str(error).strip()
-        marker = "WeightsUnpickler error:"  # torch's refusal: the reason follows the marker
-        reason = (f"weights_only=True refused it: {text.split(marker)[1].strip().splitlines()[0]}" if marker in text
-                  else f"{type(error).__name__}: {text.splitlines()[0] if text else 'empty or truncated'}")
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason[:300]})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+    except checkpoints.CheckpointError as error:  # empty, truncated, not a torch file, refused objects, ...
+        raise CheckpointError(str(error).splitlines()[0]) from None
+    state = checkpoint.state
+    if checkpoint.kind == checkpoints.RECBOLE_FORMAT:
         weights, description = dict(state["state_dict"]), f"RecBole model file of {_model_name(state)}"
-    elif isinstance(state, dict) and isinstance(state.get("encoder"), dict):
+    else:
         weights = {f"encoder.{k}": v for k, v in state["encoder"].items()}
         for domain, table in (state.get("item_tables") or {}).items():
             weights.update({f"items.{domain}.{k}": v for k, v in table.items()})
         description = f"pre-training checkpoint of {_model_name(state)}, datasets {state.get('datasets')}"
-    else:
-        raise CheckpointError(f"{path}: not a RecBole or pre-training checkpoint (no 'state_dict' or 'encoder' entry)")
     weights = {k: v.float() for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point()}
     if not weights:
         raise CheckpointError(f"{path}: the checkpoint holds no floating-point weights")

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_mmm4rec.layers.config import (require_choice, require_positive_int, require_positive_number,
+                                           require_probability)
 from recbole_mmm4rec.layers.selective_scan import MambaBlock
 from recbole_mmm4rec.layers.time import MaskedSequenceNorm, init_time_path, time_differences
 from recbole_mmm4rec.layers.tissd import FeedForward
@@ -69,13 +71,7 @@ class SSMRecommender(SequentialRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         name = type(self).__name__
-        check_ssm_config(config, name)
-        self.check_block_config(config, name)
-        if bool(config["time_aware"]) != self.TIME_AWARE:
-            raise ValueError(
-                f"{name}: time_aware must be {self.TIME_AWARE}, got {config['time_aware']} "
-                "(Mamba4Rec is the SSM recommender without time, TiM4Rec the one with time)"
-            )
+        self.check_config(config)
         if self.TIME_AWARE and config["TIME_FIELD"] not in dataset.field2type:
             raise ValueError(
                 f"{name} reads the history's timestamps: load_col.inter must include {config['TIME_FIELD']!r}"
@@ -98,6 +94,18 @@ class SSMRecommender(SequentialRecommender):
         self.apply(self._init_weights)
         if self.TIME_AWARE:
             init_time_path(self, config["time_path"])
+
+    @classmethod
+    def check_config(cls, config):
+        """Fail early, naming the key, on values the layers cannot be built from."""
+        name = cls.__name__
+        check_ssm_config(config, name)
+        cls.check_block_config(config, name)
+        if bool(config["time_aware"]) != cls.TIME_AWARE:
+            raise ValueError(
+                f"{name}: time_aware must be {cls.TIME_AWARE}, got {config['time_aware']} "
+                "(Mamba4Rec is the SSM recommender without time, TiM4Rec the one with time)"
+            )
 
     @classmethod
     def check_block_config(cls, config, name):
@@ -166,13 +174,7 @@ class Mamba4Rec(SSMRecommender):
 
 def check_ssm_config(config, name):
     """Fail early, naming the key, on values every SSM recommender's layers need."""
-    for key in ("hidden_size", "inner_size", "expand", "d_state", "d_conv", "num_layers"):
-        if not isinstance(config[key], int) or config[key] < 1:
-            raise ValueError(f"{name}: {key} must be a positive integer, got {config[key]!r}")
-    if config["dropout_prob"] is None:
-        raise ValueError(f"{name}: dropout_prob is not set")
-    if not 0 <= config["dropout_prob"] < 1:
-        raise ValueError(f"{name}: dropout_prob must be in [0, 1), got {config['dropout_prob']}")
-    if config["loss_type"] != "CE":
-        raise ValueError(f"{name}: only loss_type CE (cross-entropy over all items) is supported, "
-                         f"got {config['loss_type']!r}")
+    require_positive_int(config, name, "hidden_size", "inner_size", "expand", "d_state", "d_conv", "num_layers")
+    require_positive_number(config, name, "norm_eps")
+    require_probability(config, name, "dropout_prob")
+    require_choice(config, name, "loss_type", ("CE",))

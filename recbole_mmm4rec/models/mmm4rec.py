@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_mmm4rec.data.dataset import MODALITIES
+from recbole_mmm4rec.layers.config import (check_tissd_config, require_bool, require_positive_int,
+                                           require_positive_number, require_probability)
 from recbole_mmm4rec.layers.time import MaskedSequenceNorm, init_time_path, time_differences
 from recbole_mmm4rec.layers.tissd import MMM4RecLayer
 
@@ -131,9 +133,13 @@ class MMM4Rec(SequentialRecommender):
     ENCODER_KEYS = ("hidden_size", "inner_size", "num_layers", "d_state", "d_conv", "expand", "head_dim",
                     "n_groups", "MAX_ITEM_LIST_LENGTH", "time_aware", "time_scale_activation", "p2p_residual")
 
+    @staticmethod
+    def check_config(config):
+        check_config(config)
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        check_config(config)
+        self.check_config(config)
         self.TIME_SEQ = config["TIME_FIELD"] + config["LIST_SUFFIX"]
         self.items = item_tables(dataset, config)
         self.feature_dims = {m: table.features.shape[1] for m, table in self.items.items()}
@@ -184,18 +190,9 @@ class MMM4Rec(SequentialRecommender):
 
 def check_config(config):
     """Fail early, naming the key, on values the layers cannot be built from."""
-    hidden, expand, head_dim = config["hidden_size"], config["expand"], config["head_dim"]
-    if (hidden * expand) % head_dim:
-        raise ValueError(
-            f"MMM4Rec: hidden_size * expand = {hidden * expand} is not divisible by head_dim = {head_dim}"
-        )
-    n_heads = hidden * expand // head_dim
-    if n_heads % config["n_groups"]:
-        raise ValueError(f"MMM4Rec: n_groups = {config['n_groups']} must divide the number of heads {n_heads}")
-    if not config["temperature"] or config["temperature"] <= 0:
-        raise ValueError(f"MMM4Rec: temperature must be > 0, got {config['temperature']}")
-    if config["ssd_mode"] not in ("auto", "quadratic", "chunked"):
-        raise ValueError(f"MMM4Rec: ssd_mode must be auto, quadratic or chunked, got {config['ssd_mode']!r}")
-    for key in ("embedding_dropout_prob", "hidden_dropout_prob", "time_dropout_prob"):
-        if not 0 <= config[key] < 1:
-            raise ValueError(f"MMM4Rec: {key} must be in [0, 1), got {config[key]}")
+    name = "MMM4Rec"
+    require_positive_int(config, name, "hidden_size", "inner_size", "num_layers", "expand")
+    require_positive_number(config, name, "temperature", "norm_eps")
+    require_probability(config, name, "embedding_dropout_prob", "hidden_dropout_prob")
+    require_bool(config, name, "item_modality_bias")
+    check_tissd_config(config, name)

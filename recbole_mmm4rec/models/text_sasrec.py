@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 from recbole.model.sequential_recommender.sasrec import SASRec
 
+from recbole_mmm4rec.layers.config import (require_bool, require_divides, require_positive_int,
+                                           require_positive_number, require_probability)
 from recbole_mmm4rec.models.mmm4rec import ItemTable, ModalityAdapter
 
 
@@ -33,7 +35,18 @@ class TextItemEmbedding(nn.Module):
 class TextSASRec(SASRec):
     r"""SASRec over text features (needs a dataset with a ``text`` feature file, like MMM4Rec)."""
 
+    @staticmethod
+    def check_config(config):
+        """Fail early, naming the key, on values SASRec's layers cannot be built from."""
+        name = "TextSASRec"
+        require_positive_int(config, name, "hidden_size", "inner_size", "n_layers", "n_heads")
+        require_positive_number(config, name, "layer_norm_eps", "initializer_range")
+        require_probability(config, name, "hidden_dropout_prob", "attn_dropout_prob")
+        require_bool(config, name, "item_modality_bias")
+        require_divides(config, name, "n_heads", config["hidden_size"], f"hidden_size = {config['hidden_size']}")
+
     def __init__(self, config, dataset):
+        self.check_config(config)
         super().__init__(config, dataset)
         features, present = dataset.item_features["text"]
         if not present[1:].all():

@@ -22,6 +22,7 @@ default two), the FFN's LayerNorm uses ``norm_eps`` (theirs keeps 1e-12 there), 
 items long (this package's protocol, ``overall.yaml``; theirs 50 on Amazon, so their time MLPs are 50 x 50).
 """
 
+from recbole_mmm4rec.layers.config import check_tissd_config
 from recbole_mmm4rec.layers.tissd import TiSSD
 from recbole_mmm4rec.models.mamba4rec import SSMRecommender
 
@@ -40,18 +41,4 @@ class TiM4Rec(SSMRecommender):
 
     @classmethod
     def check_block_config(cls, config, name):
-        for key in ("head_dim", "n_groups", "chunk_size"):
-            if not isinstance(config[key], int) or config[key] < 1:
-                raise ValueError(f"{name}: {key} must be a positive integer, got {config[key]!r}")
-        d_inner, head_dim = config["hidden_size"] * config["expand"], config["head_dim"]
-        if d_inner % head_dim:
-            raise ValueError(f"{name}: hidden_size * expand = {d_inner} is not divisible by head_dim = {head_dim}")
-        if (d_inner // head_dim) % config["n_groups"]:
-            raise ValueError(f"{name}: n_groups = {config['n_groups']} must divide the number of heads "
-                             f"{d_inner // head_dim}")
-        if config["ssd_mode"] not in ("auto", "quadratic", "chunked"):
-            raise ValueError(f"{name}: ssd_mode must be auto, quadratic or chunked, got {config['ssd_mode']!r}")
-        if config["time_dropout_prob"] is None or not 0 <= config["time_dropout_prob"] < 1:
-            raise ValueError(f"{name}: time_dropout_prob must be in [0, 1), got {config['time_dropout_prob']}")
-        if not isinstance(config["p2p_residual"], bool):
-            raise ValueError(f"{name}: p2p_residual must be True or False, got {config['p2p_residual']!r}")
+        check_tissd_config(config, name)

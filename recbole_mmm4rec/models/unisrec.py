@@ -35,6 +35,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 
+from recbole_mmm4rec.layers.config import (require_bool, require_choice, require_divides, require_positive_int,
+                                           require_positive_number, require_probability)
 from recbole_mmm4rec.models.mmm4rec import ItemTable
 
 TRAIN_STAGES = ("pretrain", "inductive_ft", "transductive_ft")
@@ -147,9 +149,13 @@ class UniSRec(SequentialRecommender):
     ENCODER_KEYS = ("hidden_size", "inner_size", "n_layers", "n_heads", "hidden_act", "n_exps",
                     "MAX_ITEM_LIST_LENGTH")
 
+    @staticmethod
+    def check_config(config):
+        check_config(config)
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        check_config(config)
+        self.check_config(config)
         self.train_stage = config["train_stage"]
         self.temperature = config["temperature"]
         self.seq_seq_weight = config["lambda"]  # λ
@@ -230,13 +236,11 @@ class UniSRec(SequentialRecommender):
 
 def check_config(config):
     """Fail early, naming the key, on values the model cannot be built from."""
-    if config["train_stage"] not in TRAIN_STAGES:
-        raise ValueError(f"UniSRec: train_stage must be one of {', '.join(TRAIN_STAGES)}, "
-                         f"got {config['train_stage']!r}")
-    if config["hidden_size"] % config["n_heads"]:
-        raise ValueError(f"UniSRec: n_heads = {config['n_heads']} must divide hidden_size = {config['hidden_size']}")
-    if not config["temperature"] or config["temperature"] <= 0:
-        raise ValueError(f"UniSRec: temperature must be > 0, got {config['temperature']}")
-    for key in ("item_drop_ratio", "adaptor_dropout_prob", "hidden_dropout_prob", "attn_dropout_prob"):
-        if not 0 <= config[key] < 1:
-            raise ValueError(f"UniSRec: {key} must be in [0, 1), got {config[key]}")
+    name = "UniSRec"
+    require_choice(config, name, "train_stage", TRAIN_STAGES)
+    require_positive_int(config, name, "hidden_size", "inner_size", "n_layers", "n_heads", "n_exps")
+    require_positive_number(config, name, "temperature", "layer_norm_eps", "initializer_range")
+    require_probability(config, name, "item_drop_ratio", "adaptor_dropout_prob", "hidden_dropout_prob",
+                        "attn_dropout_prob")
+    require_bool(config, name, "fix_encoder")
+    require_divides(config, name, "n_heads", config["hidden_size"], f"hidden_size = {config['hidden_size']}")
