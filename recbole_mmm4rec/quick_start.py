@@ -8,6 +8,7 @@ are found first and every other name falls through to RecBole.
 """
 
 import difflib
+import functools
 import os
 import re
 import sys
@@ -58,15 +59,16 @@ RECBOLE_MODEL_PACKAGES = ("general_recommender", "context_aware_recommender", "s
                           "knowledge_aware_recommender", "exlib_recommender")
 
 
+@functools.lru_cache(maxsize=1)
 def model_names():
     """Every name ``--model`` accepts: ours, then RecBole's built-ins (the class defined in
     ``recbole/model/<package>/<name.lower()>.py``, which is how RecBole's ``get_model`` finds it)."""
-    names = list(PLUGINS)
+    names = list(PLUGINS)  # read once per process: RecBole's model files do not change while it runs
     for package in RECBOLE_MODEL_PACKAGES:
         for path in sorted((Path(recbole.__file__).parent / "model" / package).glob("*.py")):
             names += [name for name in re.findall(r"^class (\w+)\(", path.read_text(encoding="utf-8"), re.M)
                       if name.lower() == path.stem and name not in names]
-    return names
+    return tuple(names)
 
 
 def check_model_name(model, where="--model"):

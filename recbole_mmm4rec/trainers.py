@@ -13,6 +13,7 @@ from recbole_mmm4rec.checkpoints import RECBOLE_FORMAT, CheckpointError, WrongMo
 from recbole_mmm4rec.compat import save_atomically
 from recbole_mmm4rec.health import HealthMonitor
 from recbole_mmm4rec.history import EpochHistory
+from recbole_mmm4rec.layers.config import require_positive_int
 
 def nadam(parameters, learning_rate, weight_decay):
     """``learner: nadam`` (MMM4Rec's optimiser, DESIGN.md §4): torch's NAdam with coupled L2 weight decay."""
@@ -32,10 +33,8 @@ def parameter_groups(parameters):
 
 
 def check_accumulation_steps(config):
-    steps = config["accumulation_steps"]
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"accumulation_steps must be a positive integer, got {steps!r}")
-    return steps
+    require_positive_int(config, config["model"], "accumulation_steps")
+    return config["accumulation_steps"]
 
 
 class PluginTrainer(Trainer):
