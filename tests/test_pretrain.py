@@ -67,7 +67,7 @@ def test_in_batch_loss_equals_hand_computed_cross_entropy(scientific):
     batch["item_id"] = targets
     with torch.no_grad():
         user = model.forward(batch["item_id_list"], batch["item_length"], batch["timestamp_list"])
-        text, image = model.encoder.item_embeddings(model.items, targets)
+        text, image = model.encoder.item_embeddings(model.encoder.adapted_items(model.items), targets)
         logits = (user @ text.T + user @ image.T) / config["temperature"]  # [6, 6]
         expected = []
         for i in range(6):

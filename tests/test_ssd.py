@@ -1,4 +1,4 @@
-"""SSD forms (quadratic, chunked, recurrent), the dispatcher, the causal conv and the gated RMSNorm."""
+"""SSD forms (quadratic, chunked, recurrent), the dispatcher and the gated RMSNorm."""
 
 import pytest
 import torch
@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 from recbole_mmm4rec.layers import ssd as ssd_module
 from recbole_mmm4rec.layers.ssd import (
-    CausalConv1d,
     GatedRMSNorm,
     segsum,
     ssd,
@@ -136,35 +135,6 @@ def test_float32_close_to_float64():
         inputs32 = [t.float() for t in inputs]
         torch.testing.assert_close(ssd_quadratic(*inputs32).double(), y64, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(ssd_chunked(*inputs32, chunk_size=32).double(), y64, rtol=1e-4, atol=1e-4)
-
-
-def test_causal_conv_ignores_future():
-    torch.manual_seed(0)
-    conv = CausalConv1d(channels=3, kernel_size=4)
-    x = torch.randn(2, 10, 3)
-    y = conv(x)
-    assert y.shape == (2, 10, 3)
-    for l in range(10):
-        x_changed = x.clone()
-        x_changed[:, l + 1 :] = torch.randn_like(x_changed[:, l + 1 :])
-        x_changed[:, l] += 1.0
-        y_changed = conv(x_changed)
-        torch.testing.assert_close(y_changed[:, :l], y[:, :l], rtol=0, atol=0)
-        assert (y_changed[:, l] - y[:, l]).abs().max() > 0
-
-
-def test_causal_conv_by_hand():
-    conv = CausalConv1d(channels=2, kernel_size=3)
-    with torch.no_grad():
-        conv.conv.weight.copy_(torch.tensor([[[1.0, 2.0, 3.0]], [[0.5, -1.0, 0.0]]]))  # [C, 1, k]
-        conv.conv.bias.copy_(torch.tensor([0.1, -0.2]))
-    x = torch.tensor([[[1.0, 2.0], [3.0, -1.0], [-2.0, 4.0]]])  # [1, L=3, C=2]
-    # channel 0: y_l = 1 x_{l-2} + 2 x_{l-1} + 3 x_l + 0.1 (x_{<0} = 0)
-    pre0 = [3 * 1 + 0.1, 2 * 1 + 3 * 3 + 0.1, 1 * 1 + 2 * 3 + 3 * -2 + 0.1]
-    # channel 1: y_l = 0.5 x_{l-2} - 1 x_{l-1} + 0 x_l - 0.2
-    pre1 = [-0.2, -1 * 2 - 0.2, 0.5 * 2 - 1 * -1 - 0.2]
-    expected = F.silu(torch.tensor([pre0, pre1]).T.unsqueeze(0))
-    torch.testing.assert_close(conv(x), expected)
 
 
 def test_gated_rmsnorm_by_hand():

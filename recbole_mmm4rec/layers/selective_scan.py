@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from recbole_mmm4rec.layers.ssd import CausalConv1d
+from recbole_mmm4rec.layers.conv import CausalConv1d
 
 
 def selective_scan_recurrent(x, dt, A, B, C, D):

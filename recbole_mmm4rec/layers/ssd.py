@@ -161,21 +161,6 @@ def ssd(x, dt, A, B, C, D, chunk_size, mode="auto"):
     return ssd_chunked(x, dt, A, B, C, D, chunk_size)
 
 
-class CausalConv1d(nn.Module):
-    """Depthwise convolution over the length axis with left padding only, then SiLU.
-
-    The output at position l sees inputs at positions l - kernel_size + 1 .. l.   [B, L, C] -> [B, L, C]
-    """
-
-    def __init__(self, channels, kernel_size):
-        super().__init__()
-        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels)
-
-    def forward(self, x):  # [B, L, C]
-        x = F.pad(x.transpose(1, 2), (self.conv.kernel_size[0] - 1, 0))  # [B, C, k - 1 + L]
-        return F.silu(self.conv(x)).transpose(1, 2)  # [B, L, C]
-
-
 class GatedRMSNorm(nn.Module):
     """Gated RMSNorm as in Mamba-2: rmsnorm(x * silu(z)) * weight (gate before the norm, one group).
 

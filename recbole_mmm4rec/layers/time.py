@@ -9,7 +9,7 @@ padded positions (``mask`` False) and normalised over real positions only (DESIG
 import torch
 import torch.nn as nn
 
-from recbole_mmm4rec.layers.ssd import CausalConv1d
+from recbole_mmm4rec.layers.conv import CausalConv1d
 
 
 def time_differences(timestamps, mask):

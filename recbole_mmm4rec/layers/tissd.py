@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_mmm4rec.layers.ssd import CausalConv1d, GatedRMSNorm, ssd
+from recbole_mmm4rec.layers.conv import CausalConv1d
+from recbole_mmm4rec.layers.ssd import GatedRMSNorm, ssd
 from recbole_mmm4rec.layers.time import DualChannelFourierFilter, TimeAwareStep, TimeGate
 
 

@@ -18,43 +18,11 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_mmm4rec.data.dataset import MODALITIES
+from recbole_mmm4rec.layers.adapters import ItemTable, ModalityAdapter
 from recbole_mmm4rec.layers.config import (check_tissd_config, require_bool, require_positive_int,
                                            require_positive_number, require_probability)
 from recbole_mmm4rec.layers.time import MaskedSequenceNorm, init_time_path, time_differences
 from recbole_mmm4rec.layers.tissd import MMM4RecLayer
-
-
-class ItemTable(nn.Module):
-    """One domain's items for one modality: frozen features [n_items, d] and a presence mask (buffers,
-    not saved in checkpoints: they come from the dataset) plus, in the with-ID variant, the trainable
-    item-modality bias E_m [n_items, D], zero-initialised. Domain-specific: never transferred."""
-
-    def __init__(self, features, present, hidden_size, item_bias):
-        super().__init__()
-        self.register_buffer("features", features, persistent=False)
-        self.register_buffer("present", present, persistent=False)
-        self.bias = nn.Embedding(features.shape[0], hidden_size) if item_bias else None
-        if item_bias:
-            nn.init.zeros_(self.bias.weight)
-
-
-class ModalityAdapter(nn.Module):
-    """Eq. 2: a linear map d_m -> D of a modality's features; items lacking the modality get a learned
-    "missing" vector instead (never a silent zero feature row); plus the item's bias when there is one.
-
-    The missing vector starts at N(0, 0.02), the scale of an adapted feature vector: a zero start would
-    hand L2 normalisation and LayerNorm the zero vector (gradients of 1/eps, DESIGN.md §8). Padding
-    (item 0) has no feature either and uses it too, so no zero vector reaches a normalisation."""
-
-    def __init__(self, feature_dim, hidden_size):
-        super().__init__()
-        self.linear = nn.Linear(feature_dim, hidden_size)
-        self.missing = nn.Parameter(torch.empty(hidden_size).normal_(0.0, 0.02))
-
-    def forward(self, table, items):
-        """items: any shape of item ids into ``table`` (an ItemTable) -> [*items.shape, D]."""
-        adapted = torch.where(table.present[items].unsqueeze(-1), self.linear(table.features[items]), self.missing)
-        return adapted if table.bias is None else adapted + table.bias(items)
 
 
 class MMM4RecEncoder(nn.Module):
@@ -95,11 +63,15 @@ class MMM4RecEncoder(nn.Module):
             signals.append(d.expand(-1, self.n_heads, -1))
         return signals
 
-    def user_vector(self, tables, item_seq, item_seq_len, timestamps):
-        """tables: modality -> ItemTable; item_seq, timestamps [B, L]; item_seq_len [B] -> [B, D]."""
+    def adapted_items(self, tables):
+        """Eq. 2 for every item, once per step: tables (modality -> ItemTable) -> modality -> [n_items, D]."""
+        return {m: self.adapters[m](tables[m]) for m in MODALITIES}
+
+    def user_vector(self, adapted, item_seq, item_seq_len, timestamps):
+        """adapted: ``adapted_items``; item_seq, timestamps [B, L]; item_seq_len [B] -> [B, D]."""
         mask = torch.arange(item_seq.shape[1], device=item_seq.device) < item_seq_len.unsqueeze(1)  # [B, L]
         text, image = (
-            self.input_norms[m](self.embedding_dropout(self.adapters[m](tables[m], item_seq))) for m in MODALITIES
+            self.input_norms[m](self.embedding_dropout(adapted[m][item_seq])) for m in MODALITIES
         )  # [B, L, D]
         deltas = self._time_signals(timestamps, mask) if self.time_aware else (None, None)
         for layer in self.layers:
@@ -107,14 +79,16 @@ class MMM4RecEncoder(nn.Module):
         last = (item_seq_len - 1).view(-1, 1, 1).expand(-1, 1, image.shape[-1])
         return image.gather(1, last).squeeze(1)  # [B, D]: the fused stream at the last real item
 
-    def item_embeddings(self, tables, items):
-        """Eq. 19's candidate side: L2-normalised adapted features per modality, [*items.shape, D] each."""
-        return [F.normalize(self.adapters[m](tables[m], items), dim=-1) for m in MODALITIES]
+    def item_embeddings(self, adapted, items=None):
+        """Eq. 19's candidate side: L2-normalised adapted vectors per modality, of every item [n_items, D]
+        or of ``items`` [*items.shape, D]."""
+        return [F.normalize(adapted[m] if items is None else adapted[m][items], dim=-1) for m in MODALITIES]
 
     def scores(self, user, item_embeddings):
-        """(<u, e_text> + <u, e_image>) / temperature: user [B, D], embeddings [n, D] -> [B, n]."""
+        """(<u, e_text> + <u, e_image>) / temperature, as one matmul <u, e_text + e_image> / temperature:
+        user [B, D], embeddings [n, D] each -> [B, n]."""
         text, image = item_embeddings
-        return (user @ text.T + user @ image.T) / self.temperature
+        return user @ (text + image).T / self.temperature
 
 
 def item_tables(dataset, config):
@@ -147,19 +121,21 @@ class MMM4Rec(SequentialRecommender):
         self.loss_fct = nn.CrossEntropyLoss()
 
     def forward(self, item_seq, item_seq_len, timestamps):
-        return self.encoder.user_vector(self.items, item_seq, item_seq_len, timestamps)
+        return self.encoder.user_vector(self.encoder.adapted_items(self.items), item_seq, item_seq_len, timestamps)
 
-    def _user_vector(self, interaction):
-        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.TIME_SEQ])
-
-    def _all_items(self):
-        items = torch.arange(self.n_items, device=self.items["text"].features.device)
-        return self.encoder.item_embeddings(self.items, items)
+    def _user_and_items(self, interaction):
+        """The user vectors [B, D] and this step's adapted items (``MMM4RecEncoder.adapted_items``)."""
+        adapted = self.encoder.adapted_items(self.items)
+        user = self.encoder.user_vector(
+            adapted, interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.TIME_SEQ]
+        )
+        return user, adapted
 
     def calculate_loss(self, interaction):
         """Eq. 21: cross-entropy over all items. The padding item 0 is no candidate (as in RecBole's
         full-sort evaluation; the authors' code keeps it)."""
-        logits = self.encoder.scores(self._user_vector(interaction), self._all_items())  # [B, n_items]
+        user, adapted = self._user_and_items(interaction)
+        logits = self.encoder.scores(user, self.encoder.item_embeddings(adapted))  # [B, n_items]
         logits[:, 0] = float("-inf")
         return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
 
@@ -172,20 +148,21 @@ class MMM4Rec(SequentialRecommender):
         its true next item.
         """
         targets = interaction[self.POS_ITEM_ID]  # [B]
-        user = self._user_vector(interaction)  # [B, D]
-        logits = self.encoder.scores(user, self.encoder.item_embeddings(self.items, targets))  # [B, B]
+        user, adapted = self._user_and_items(interaction)  # [B, D]
+        logits = self.encoder.scores(user, self.encoder.item_embeddings(adapted, targets))  # [B, B]
         same = targets.unsqueeze(0) == targets.unsqueeze(1)  # [B, B]
         false_negative = same & ~torch.eye(len(targets), dtype=torch.bool, device=targets.device)
         logits = logits.masked_fill(false_negative, float("-inf"))
         return self.loss_fct(logits, torch.arange(len(targets), device=targets.device))
 
     def predict(self, interaction):
-        user = self._user_vector(interaction)
-        text, image = self.encoder.item_embeddings(self.items, interaction[self.ITEM_ID])  # [B, D]
-        return ((user * text).sum(-1) + (user * image).sum(-1)) / self.encoder.temperature
+        user, adapted = self._user_and_items(interaction)
+        text, image = self.encoder.item_embeddings(adapted, interaction[self.ITEM_ID])  # [B, D]
+        return (user * (text + image)).sum(-1) / self.encoder.temperature
 
     def full_sort_predict(self, interaction):
-        return self.encoder.scores(self._user_vector(interaction), self._all_items())
+        user, adapted = self._user_and_items(interaction)
+        return self.encoder.scores(user, self.encoder.item_embeddings(adapted))
 
 
 def check_config(config):

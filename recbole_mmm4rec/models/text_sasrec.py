@@ -13,7 +13,7 @@ from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_mmm4rec.layers.config import (require_bool, require_divides, require_positive_int,
                                            require_positive_number, require_probability)
-from recbole_mmm4rec.models.mmm4rec import ItemTable, ModalityAdapter
+from recbole_mmm4rec.layers.adapters import ItemTable, ModalityAdapter
 
 
 class TextItemEmbedding(nn.Module):
@@ -25,11 +25,11 @@ class TextItemEmbedding(nn.Module):
         self.adapter = ModalityAdapter(features.shape[1], hidden_size)
 
     def forward(self, items):
-        return self.adapter(self.table, items)
+        return self.weight[items]
 
     @property
     def weight(self):
-        return self.forward(torch.arange(self.table.features.shape[0], device=self.table.features.device))
+        return self.adapter(self.table)  # [n_items, D]
 
 
 class TextSASRec(SASRec):

@@ -37,7 +37,7 @@ from recbole.utils import InputType
 
 from recbole_mmm4rec.layers.config import (require_bool, require_choice, require_divides, require_positive_int,
                                            require_positive_number, require_probability)
-from recbole_mmm4rec.models.mmm4rec import ItemTable
+from recbole_mmm4rec.layers.adapters import ItemTable
 
 TRAIN_STAGES = ("pretrain", "inductive_ft", "transductive_ft")
 NOISE_FLOOR = 0.01  # added to the gate's noise scale softplus(x W_n), as in the authors' code
