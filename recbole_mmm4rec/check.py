@@ -4,7 +4,9 @@
         [--feature-dims text=512,image=512]
 
 The folder's name is the dataset's name: ``<name>/<name>.inter`` (required), ``<name>/<name>.item``
-(optional) and ``<name>/<name>.features.npz`` (required, format: ``recbole_mmm4rec/data/features.py``).
+(optional), ``<name>/<name>.features.npz`` (required, format: ``recbole_mmm4rec/data/features.py``) and
+``<name>/<name>.tokens.npz`` (token-level features, optional, checked when present; format:
+``recbole_mmm4rec/data/tokens.py``).
 The settings are those training would use, read from the yaml files alone: RecBole's defaults <
 ``properties/overall.yaml`` < ``properties/model/<model>.yaml`` < ``properties/dataset/<name>.yaml``
 (or ``--config``); ``--feature-dims`` overrides ``feature_dims``. ``--model`` (default MMM4Rec) says what
@@ -21,7 +23,9 @@ What FAILs (RecBole or MMM4Rec would stop, or silently load wrong data): a missi
 user/item field, no (loaded) ``timestamp:float`` field while the model needs one (every sequential model:
 RecBole orders each history by time), a row whose column count differs from the header's, an empty or
 NaN-like user/item/time cell, a float cell that is not a number, a missing or invalid feature file, an
-item of the ``.inter`` without a row in the feature file, a feature dimension other than ``feature_dims``.
+item of the ``.inter`` without a row in the feature file, a feature dimension other than ``feature_dims``;
+a token file that is present but invalid (NaN/inf in a real token, lengths out of range, shapes that
+disagree, duplicate items) or lacks an item of the ``.inter``.
 
 What WARNs (training runs, but probably not as intended): users with too few interactions for the
 leave-one-out split (a sequential model needs 4 for a training, a validation and a test item: 1 puts a
@@ -49,6 +53,7 @@ from recbole_mmm4rec.data import checks
 from recbole_mmm4rec.data.checks import SHOW, InteractionDataError, parse_header
 from recbole_mmm4rec.data.features import FEATURE_SUFFIX, FeatureFileError, read_features
 from recbole_mmm4rec.data.rules import PROPERTIES, Rules
+from recbole_mmm4rec.data.tokens import TOKENS_SUFFIX, read_tokens
 
 MODALITIES = ("text", "image")  # what MMM4Rec reads (recbole_mmm4rec/data/dataset.py)
 
@@ -282,6 +287,7 @@ def check_dataset(
         items = pd.unique(inter.frame[rules.iid])
     _check_item_file(os.path.join(folder, name + ".item"), report, rules, items)
     _check_features(os.path.join(folder, name + FEATURE_SUFFIX), report, items, feature_dims, dims_source)
+    _check_token_file(os.path.join(folder, name + TOKENS_SUFFIX), report, items)
     return report
 
 
@@ -457,13 +463,53 @@ def _check_features(path, report, items, feature_dims, dims_source) -> None:
                                      "represents them by its learned 'missing' vectors only")
 
 
+def _check_token_file(path, report, items) -> None:
+    """The token-level feature file, when there is one: valid, and a row for every item of the .inter."""
+    check = "tokens"
+    if not os.path.exists(path):
+        report.add(OK, check, f"{path} is absent (optional: token-level features, built by "
+                              "feature_extraction/encode_text.py --tokens or by the models that need them)")
+        return
+    try:
+        item_tokens = read_tokens(path)
+    except FeatureFileError as err:
+        report.add(FAIL, check, str(err))
+        return
+    if items is None:
+        report.add(OK, check, f"{path} reads ({len(item_tokens.tokens)} items); the .inter is unusable, "
+                              "so coverage is not checked")
+        return
+    row_of = {str(t): r for r, t in enumerate(item_tokens.tokens)}
+    rows = np.array([row_of.get(str(t), -1) for t in items], dtype=np.int64)
+    found = rows >= 0
+    if not found.all():
+        report.add(FAIL, check, f"{path} has no row for {int((~found).sum())} of the {len(items)} item(s) of "
+                                f"the .inter: {_items(items[~found])}; rebuild it (feature_extraction/encode_text.py "
+                                "FOLDER --tokens --force)")
+    else:
+        report.add(OK, check, f"{path}: every one of the {len(items)} item(s) of the .inter has a row "
+                              f"(modalities: {', '.join(item_tokens.modalities) or 'none'})")
+    figures = {}
+    for modality, states in item_tokens.states.items():
+        lengths = item_tokens.lengths[modality][rows[found]]
+        present = lengths > 0
+        figures[modality] = {"dim": int(states.shape[2]), "positions": int(states.shape[1]),
+                             "present": int(present.sum()),
+                             "mean_length": round(float(lengths[present].mean()), 2) if present.any() else 0.0}
+        report.add(OK, f"{modality} tokens", f"dimension {states.shape[2]}, up to {states.shape[1]} tokens per item "
+                                             f"(mean {figures[modality]['mean_length']:g}), present for "
+                                             f"{int(present.sum())} of {len(items)} items")
+    report.figures["tokens"] = figures
+
+
 # ----------------------------------------------------------------------------- command line
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m recbole_mmm4rec.check",
-        description="Check a RecBole/MMM4Rec dataset folder (<name>/<name>.inter, .item, .features.npz). "
+        description="Check a RecBole/MMM4Rec dataset folder (<name>/<name>.inter, .item, .features.npz, "
+                    ".tokens.npz). "
                     "Exit code 0 when no check fails, 1 otherwise.",
     )
     parser.add_argument("folder", help="the dataset folder, e.g. atomic_data/scientific_mm")

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recbole_mmm4rec.layers.conv import CausalConv1d, causal_conv, causal_conv_reference
+from recbole_mmm4rec.layers.conv import CausalConv1d, _weight_grad, causal_conv, causal_conv_reference
 
 
 def test_causal_conv_ignores_future():
@@ -50,6 +50,17 @@ def test_fast_conv_equals_reference_forward_and_backward(length, kernel):
     for got, want in zip(torch.autograd.grad(fast, (x, weight, bias), upstream),
                          torch.autograd.grad(reference, (x, weight, bias), upstream)):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 7, 60, 10**6])
+def test_weight_gradient_over_blocks_of_rows_equals_the_reference(chunk_elements):
+    """Blocks of 1 row, of a few rows with a ragged last block, and one block for the whole batch."""
+    g = torch.Generator().manual_seed(chunk_elements)
+    x, weight, bias = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+                       for shape in [(9, 5, 2), (2, 4), (2,)])
+    upstream = torch.randn(9, 5, 2, generator=g, dtype=torch.float64)
+    want = torch.autograd.grad(causal_conv_reference(x, weight, bias), weight, upstream)[0]
+    torch.testing.assert_close(_weight_grad(upstream, x.detach(), 4, chunk_elements), want, rtol=0, atol=1e-12)
 
 
 def test_fast_conv_gradcheck():
