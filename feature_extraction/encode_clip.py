@@ -16,6 +16,13 @@ tokenizer files). SigLIP's tokenizer is a Hugging Face tokenizer: give its local
 ``--tokenizer`` (configs using open_clip's bundled BPE tokenizer need none). Long runs resume: every
 ``--save-every`` batches the finished items go to ``<name>.features.partial.npz``, and a new run
 starts after them.
+
+``--tokens`` writes token-level features to ``<name>.tokens.npz`` instead (format:
+``recbole_mmm4rec/data/tokens.py``, float16, atomically): ``image`` = the vision tower's last layer
+after its final LayerNorm, class token first, then every patch (e.g. 1 + 49 for ViT-B/32 at 224 px;
+unprojected, the tower's width; length 0 for items without a readable image), and ``text`` = the
+text tower's last layer after its final LayerNorm over the real tokens (start, words, end; padding
+dropped), the first ``--max-text-tokens``. Resume points: ``<name>.tokens.npz.parts/``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ try:
 except ImportError:  # run from a source tree without an install
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from recbole_mmm4rec.data.features import FEATURE_SUFFIX, write_features  # noqa: E402
+from recbole_mmm4rec.data.tokens import DEFAULT_MAX_TEXT_TOKENS, TokenParts, token_path, write_tokens  # noqa: E402
 
 PARTIAL_SUFFIX = ".features.partial.npz"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
@@ -174,6 +182,103 @@ def _save_partial(path: Path, done):
     os.replace(temporary, path)
 
 
+# ----------------------------------------------------------------------------- token states (--tokens)
+
+
+def _pad_id(tokenizer) -> int:
+    """The id that pads token sequences: the Hugging Face tokenizer's, or 0 (open_clip's own BPE tokenizer)."""
+    pad_id = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None)
+    return 0 if pad_id is None else int(pad_id)
+
+
+def _text_lengths(ids, pad_id: int):
+    """int [B]: 1 + the last position that is not padding (a real token may share the pad id, e.g. '!' = 0)."""
+    import torch
+
+    positions = torch.arange(1, ids.shape[1] + 1, device=ids.device)
+    return ((ids != pad_id) * positions).max(dim=1).values
+
+
+def _image_tokens(model, images):
+    """float [B, T_v, W]: the vision tower's last layer after its final norm, class/prefix tokens first."""
+    import torch
+
+    out = model.forward_intermediates(image=images, image_indices=1, normalize_intermediates=True,
+                                      intermediates_only=True, image_output_fmt="NLC", image_output_extra_tokens=True)
+    patches = out["image_intermediates"][-1]  # [B, P, W]
+    prefix = out.get("image_intermediates_prefix", [patches[:, :0]])[-1]  # [B, 1, W] class token, or none
+    return torch.cat([prefix, patches], dim=1)
+
+
+def _token_batch(model, tokenizer, texts, images, image_shape, max_text_tokens, device):
+    """States (float16) and lengths of one batch: ``({"text": [B, Tt, Wt], "image": [B, Tv, Wv]}, lengths)``."""
+    import torch
+
+    ids = tokenizer(texts).to(device)  # [B, context]
+    with torch.no_grad():
+        out = model.forward_intermediates(text=ids, text_indices=1, normalize_intermediates=True,
+                                          intermediates_only=True)
+        text = out["text_intermediates"][-1][:, :max_text_tokens]  # [B, Tt, Wt]
+        present = np.array([image is not None for image in images])
+        image = np.zeros((len(images), *image_shape), dtype=np.float16)
+        if present.any():
+            stacked = torch.stack([i for i in images if i is not None]).to(device)
+            image[present] = _image_tokens(model, stacked).float().cpu().numpy()
+    states = {"text": text.float().cpu().numpy().astype(np.float16), "image": image}
+    lengths = {"text": _text_lengths(ids, _pad_id(tokenizer)).clamp(max=text.shape[1]).cpu().numpy(),
+               "image": np.where(present, image_shape[0], 0)}
+    return states, lengths
+
+
+def _concatenate(batches: list) -> dict:
+    """``[{modality: array}, ...]`` -> ``{modality: the arrays concatenated}``."""
+    return {modality: np.concatenate([batch[modality] for batch in batches]) for modality in batches[0]}
+
+
+def encode_tokens(folder, model_name="ViT-B-16-SigLIP", checkpoint=None, tokenizer_dir=None, batch_size=64,
+                  device=None, save_every=20, max_text_tokens=DEFAULT_MAX_TEXT_TOKENS, log=print):
+    """Token-level text and image features of every item of ``folder`` (see the module's docstring).
+
+    Returns the path of the token file written. An interrupted run resumes from its parts.
+    """
+    import torch
+    from PIL import Image
+
+    folder = Path(folder)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokens, texts = load_items(folder)
+    if not tokens:
+        raise ValueError(f"{folder}: the .item file lists no items")
+    model, preprocess, tokenizer = load_encoder(model_name, checkpoint, tokenizer_dir, device)
+    with torch.no_grad():  # (T_v, W_v) of every image, from a blank one
+        image_shape = tuple(_image_tokens(model, preprocess(Image.new("RGB", (8, 8)))[None].to(device)).shape[1:])
+    path = Path(token_path(folder))
+    parts = TokenParts(str(path), {"model": model_name, "checkpoint": str(checkpoint),
+                                   "tokenizer": str(tokenizer_dir), "max_text_tokens": max_text_tokens}, log)
+    done = parts.done()
+    todo = [i for i, token in enumerate(tokens) if token not in done]
+    log(f"{len(tokens)} items, image tokens {image_shape}" + (f", {len(tokens) - len(todo)} already encoded "
+                                                             f"(resuming from {parts.folder})" if done else ""))
+    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    part_tokens, part_states, part_lengths = [], [], []  # the batches since the last resume point
+    for n, batch in enumerate(tqdm(batches, desc="encode tokens", unit="batch"), 1):
+        images = [_read_image(folder, tokens[i], preprocess) for i in batch]
+        states, lengths = _token_batch(model, tokenizer, [texts[i] for i in batch], images, image_shape,
+                                       max_text_tokens, device)
+        part_tokens += [tokens[i] for i in batch]
+        part_states.append(states)
+        part_lengths.append(lengths)
+        if n % save_every == 0 or n == len(batches):
+            parts.save(part_tokens, _concatenate(part_states), _concatenate(part_lengths))
+            part_tokens, part_states, part_lengths = [], [], []
+    states, lengths = parts.assemble(tokens)
+    write_tokens(str(path), tokens, states, lengths)
+    parts.remove()
+    log(f"wrote {path}: text {states['text'].shape}, image {states['image'].shape}, image coverage "
+        f"{int((lengths['image'] > 0).sum())}/{len(tokens)}")
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="a dataset folder with <name>.item (and images/ from download_images.py)")
@@ -183,9 +288,18 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--save-every", type=int, default=20, help="batches between resume points")
+    parser.add_argument("--tokens", action="store_true",
+                        help="write token-level features (image patches, text tokens) to <name>.tokens.npz")
+    parser.add_argument("--max-text-tokens", type=int, default=DEFAULT_MAX_TEXT_TOKENS,
+                        help=f"--tokens: text tokens kept per item (default {DEFAULT_MAX_TEXT_TOKENS})")
     args = parser.parse_args(argv)
     try:
-        encode(args.folder, args.model, args.checkpoint, args.tokenizer, args.batch_size, args.device, args.save_every)
+        if args.tokens:
+            encode_tokens(args.folder, args.model, args.checkpoint, args.tokenizer, args.batch_size, args.device,
+                          args.save_every, args.max_text_tokens)
+        else:
+            encode(args.folder, args.model, args.checkpoint, args.tokenizer, args.batch_size, args.device,
+                   args.save_every)
     except (FileNotFoundError, ValueError) as error:
         parser.exit(2, f"encode_clip: error: {error}\n")
 

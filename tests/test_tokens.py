@@ -63,7 +63,8 @@ def test_aligned_by_token_with_mask_and_padding_item(written):
         row = ITEMS.index(token)
         n = lengths["text"][row]
         assert text.mask[internal_id].tolist() == [True] * n + [False] * (4 - n)
-        np.testing.assert_array_equal(text.vectors[internal_id, :n].numpy(), real_rows(states["text"], lengths["text"], row))
+        expected = real_rows(states["text"], lengths["text"], row)
+        np.testing.assert_array_equal(text.vectors[internal_id, :n].numpy(), expected)
         assert not text.vectors[internal_id, n:].any()
     assert tables["image"].present.tolist() == [False, True, True, True, False]  # B002 (id 4) has no image
 
@@ -92,7 +93,8 @@ def test_nan_is_named_with_file_modality_item_and_position(tmp_path):
     states, lengths = example()
     states["text"][2, 3, 1] = np.nan
     path = tmp_path / "bad.tokens.npz"
-    with pytest.raises(FeatureFileError, match=r"bad\.tokens\.npz: 'text' has NaN or inf.*item 'B003', token position 3"):
+    named = r"bad\.tokens\.npz: 'text' has NaN or inf.*item 'B003', token position 3"
+    with pytest.raises(FeatureFileError, match=named):
         write_tokens(path, ITEMS, states, lengths)
     assert not path.exists()
     states["text"][1, 3, 1] = np.nan  # a padded position (B002 has 1 token) is never read: fine
@@ -105,12 +107,13 @@ def test_nan_in_a_file_is_found_on_reading(written):
     arrays = dict(np.load(path))
     arrays["image"][3, 1, 0] = np.inf
     np.savez(path, **arrays)
-    with pytest.raises(FeatureFileError, match=r"tiny\.tokens\.npz: 'image' has NaN or inf.*item 'B004', token position 1"):
+    named = r"tiny\.tokens\.npz: 'image' has NaN or inf.*item 'B004', token position 1"
+    with pytest.raises(FeatureFileError, match=named):
         read_tokens(str(path))
 
 
 @pytest.mark.parametrize("lengths, message", [
-    ({"text": [3, 1, 5, 2], "image": [2, 0, 2, 2]}, r"'text_lengths' is over the 4 positions.*item 'B003' has length 5"),
+    ({"text": [3, 1, 5, 2], "image": [2, 0, 2, 2]}, r"'text_lengths' is over the 4 positions.*'B003' has length 5"),
     ({"text": [3, -1, 4, 2], "image": [2, 0, 2, 2]}, r"'text_lengths' is negative.*item 'B002' has length -1"),
     ({"text": [3, 1, 4], "image": [2, 0, 2, 2]}, r"'text_lengths' must have shape \(4,\)"),
     ({"text": [3, 1, 4, 2]}, r"'image' has no 'image_lengths' array"),
@@ -134,7 +137,8 @@ def test_shape_mismatch_and_duplicate_tokens_are_named(tmp_path):
 
 def test_dataset_item_missing_from_the_file_is_listed(written):
     path, _, _ = written
-    with pytest.raises(FeatureFileError, match=r"tiny\.tokens\.npz has no row for 2 of the dataset's 3.*'B777', 'B888'"):
+    listed = r"tiny\.tokens\.npz has no row for 2 of the dataset's 3.*'B777', 'B888'"
+    with pytest.raises(FeatureFileError, match=listed):
         align_tokens(read_tokens(str(path)), ["[PAD]", "B777", "B001", "B888"], ("text",))
 
 

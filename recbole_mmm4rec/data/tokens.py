@@ -24,7 +24,7 @@ the token position.
 
 What a model calls (``folder`` is RecBole's ``config["data_path"]``, i.e. ``<data_path>/<dataset>``)::
 
-    tables = load_item_tokens(folder, dataset.field2id_token["item_id"], ("text", "image"))
+    tables = load_item_tokens(folder, dataset.field2id_token["item_id"], ("text", "image"), {"image": 512})
     tables["text"].vectors  # float32 [n_items, T, d], row 0 = padding item
     tables["text"].mask     # bool [n_items, T], True = real token
     tables["text"].present  # bool [n_items], the item has at least one token
@@ -32,7 +32,9 @@ What a model calls (``folder`` is RecBole's ``config["data_path"]``, i.e. ``<dat
 :func:`load_item_tokens` builds the text tokens when they are missing
 (:func:`ensure_text_tokens`: ``feature_extraction/encode_text.py --tokens`` in-process), and
 gives a modality the token file lacks as a 1-token sequence of the global vectors of
-``<dataset>.features.npz`` (:func:`tokens_from_features`), saying so in the log.
+``<dataset>.features.npz`` (:func:`tokens_from_features`), saying so in the log. Token files
+are not committed (40-110 MB for the bundled datasets at 32 text tokens): they are built on demand
+and git-ignored, like the resume parts ``<dataset>.tokens.npz.parts/`` of an interrupted build.
 """
 
 from __future__ import annotations
