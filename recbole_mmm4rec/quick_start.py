@@ -29,7 +29,7 @@ from recbole_mmm4rec.data.checks import check_interactions
 from recbole_mmm4rec.data.dataset import MultiModalSequentialDataset
 from recbole_mmm4rec.history import with_history
 from recbole_mmm4rec.layers.config import check_training_config
-from recbole_mmm4rec.models import Mamba4Rec, MMM4Rec, TextSASRec, TiM4Rec, UniSRec
+from recbole_mmm4rec.models import TAME, Mamba4Rec, MMM4Rec, TextSASRec, TiM4Rec, UniSRec
 from recbole_mmm4rec.trainers import NAdamTrainer, Pretrainer, load_pretrained, read_pretrained
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +42,7 @@ PLUGINS = {
     "TiM4Rec": (TiM4Rec, recbole.data.dataset.SequentialDataset, NAdamTrainer),
     "TextSASRec": (TextSASRec, MultiModalSequentialDataset, NAdamTrainer),
     "UniSRec": (UniSRec, MultiModalSequentialDataset, NAdamTrainer),
+    "TAME": (TAME, MultiModalSequentialDataset, NAdamTrainer),
 }
 # the models --stage=pretrain knows (what they provide: trainers.Pretrainer)
 PRETRAINABLE = tuple(name for name, (model_class, _, _) in PLUGINS.items() if hasattr(model_class, "ENCODER_KEYS"))

@@ -48,7 +48,7 @@ def segsum(x):
 
 def _per_head(BC, H):
     """Repeat each group's B or C for the heads that share it: [B, L, G, N] -> [B, L, H, N]."""
-    return BC.repeat_interleave(H // BC.size(2), dim=2)
+    return BC if BC.size(2) == H else BC.repeat_interleave(H // BC.size(2), dim=2)
 
 
 def ssd_quadratic(x, dt, A, B, C, D):
