@@ -35,7 +35,7 @@ from time import perf_counter
 import torch
 from tqdm import tqdm
 
-DEFAULT_MODELS = ["SASRec", "MMM4Rec", "TextSASRec", "UniSRec", "TiM4Rec", "Mamba4Rec", "GRU4Rec"]
+DEFAULT_MODELS = ["SASRec", "MMM4Rec", "TextSASRec", "UniSRec", "TAME", "TiM4Rec", "Mamba4Rec", "GRU4Rec"]
 QUICK_MODELS = ["SASRec", "MMM4Rec"]
 LENGTHS = [20, 50, 100, 200, 500, 1000]
 QUADRATIC_UP_TO = 500  # [B, H, L, L] masks beyond that take GBs
