@@ -68,10 +68,13 @@ class MMM4RecEncoder(nn.Module):
         return {m: self.adapters[m](tables[m]) for m in MODALITIES}
 
     def user_vector(self, adapted, item_seq, item_seq_len, timestamps):
-        """adapted: ``adapted_items``; item_seq, timestamps [B, L]; item_seq_len [B] -> [B, D]."""
+        """adapted: ``adapted_items``; item_seq, timestamps [B, L]; item_seq_len [B] -> [B, D].
+
+        Rows are looked up with ``F.embedding``, whose backward sums repeated items in a fixed order; plain
+        indexing accumulates them with parallel atomic adds on CPU, so a run would not repeat bit for bit."""
         mask = torch.arange(item_seq.shape[1], device=item_seq.device) < item_seq_len.unsqueeze(1)  # [B, L]
         text, image = (
-            self.input_norms[m](self.embedding_dropout(adapted[m][item_seq])) for m in MODALITIES
+            self.input_norms[m](self.embedding_dropout(F.embedding(item_seq, adapted[m]))) for m in MODALITIES
         )  # [B, L, D]
         deltas = self._time_signals(timestamps, mask) if self.time_aware else (None, None)
         for layer in self.layers:
@@ -82,7 +85,8 @@ class MMM4RecEncoder(nn.Module):
     def item_embeddings(self, adapted, items=None):
         """Eq. 19's candidate side: L2-normalised adapted vectors per modality, of every item [n_items, D]
         or of ``items`` [*items.shape, D]."""
-        return [F.normalize(adapted[m] if items is None else adapted[m][items], dim=-1) for m in MODALITIES]
+        return [F.normalize(adapted[m] if items is None else F.embedding(items, adapted[m]), dim=-1)
+                for m in MODALITIES]
 
     def scores(self, user, item_embeddings):
         """(<u, e_text> + <u, e_image>) / temperature, as one matmul <u, e_text + e_image> / temperature:

@@ -25,7 +25,7 @@ class TextItemEmbedding(nn.Module):
         self.adapter = ModalityAdapter(features.shape[1], hidden_size)
 
     def forward(self, items):
-        return self.weight[items]
+        return nn.functional.embedding(items, self.weight)  # a deterministic backward, as nn.Embedding
 
     @property
     def weight(self):
