@@ -415,16 +415,25 @@ def _rows_of_items(path, report, check, file_tokens, items, modalities, rebuild)
     return rows, found
 
 
-def _check_features(path, report, items, feature_dims, dims_source) -> None:
-    check = "features"
+def _read_for_check(path, report, check, read, items):
+    """``read(path)``, or None after reporting: FAIL when it cannot be read, OK without coverage when the
+    .inter is unusable (``items`` None)."""
     try:
-        features = read_features(path)
+        content = read(path)
     except FeatureFileError as err:
         report.add(FAIL, check, str(err))
-        return
+        return None
     if items is None:
-        report.add(OK, check, f"{path} reads ({len(features.tokens)} items); the .inter is unusable, "
+        report.add(OK, check, f"{path} reads ({len(content.tokens)} items); the .inter is unusable, "
                               "so coverage is not checked")
+        return None
+    return content
+
+
+def _check_features(path, report, items, feature_dims, dims_source) -> None:
+    check = "features"
+    features = _read_for_check(path, report, check, read_features, items)
+    if features is None:
         return
     rows, found = _rows_of_items(path, report, check, features.tokens, items, features.modalities,
                                  "regenerate the feature file for this dataset (README.md, section 'Feature files')")
@@ -476,14 +485,8 @@ def _check_token_file(path, report, items) -> None:
         report.add(OK, check, f"{path} is absent (optional: token-level features, built by "
                               "feature_extraction/encode_text.py --tokens or by the models that need them)")
         return
-    try:
-        item_tokens = read_tokens(path)
-    except FeatureFileError as err:
-        report.add(FAIL, check, str(err))
-        return
-    if items is None:
-        report.add(OK, check, f"{path} reads ({len(item_tokens.tokens)} items); the .inter is unusable, "
-                              "so coverage is not checked")
+    item_tokens = _read_for_check(path, report, check, read_tokens, items)
+    if item_tokens is None:
         return
     rows, found = _rows_of_items(path, report, check, item_tokens.tokens, items, item_tokens.modalities,
                                  "rebuild it (feature_extraction/encode_text.py FOLDER --tokens --force)")

@@ -32,22 +32,23 @@ def make_config(base, **overrides):
     return recbole_mmm4rec.build_config("MMM4Rec", "scientific_mm", config_dict={**base, **overrides})
 
 
-@pytest.fixture(scope="session")
-def scientific(tiny_dict):
-    """(config, dataset, train, valid, test) on the bundled data, built once."""
-    config = make_config(tiny_dict)
+def prepare(config):
+    """(config, dataset, train, valid, test) of a config, seeded as RecBole does."""
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     return (config, dataset, *data_preparation(config, dataset))
+
+
+@pytest.fixture(scope="session")
+def scientific(tiny_dict):
+    """(config, dataset, train, valid, test) on the bundled data, built once."""
+    return prepare(make_config(tiny_dict))
 
 
 @pytest.fixture(scope="session")
 def office(tiny_dict):
     """(config, dataset, train, valid, test) on the bundled office (real timestamps, no images), built once."""
-    config = recbole_mmm4rec.build_config("MMM4Rec", "office", config_dict=tiny_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    return (config, dataset, *data_preparation(config, dataset))
+    return prepare(recbole_mmm4rec.build_config("MMM4Rec", "office", config_dict=tiny_dict))
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import init_seed
 
 import recbole_mmm4rec
 from recbole_mmm4rec.data.tokens import read_tokens, token_path, write_tokens
 from recbole_mmm4rec.layers.retrieval import FirstTokenMLP, QueryRetriever, TokenCrossAttention
 from recbole_mmm4rec.models.tame import TAME, in_batch_infonce
-from conftest import fit_steps
+from conftest import fit_steps, prepare
 
 # Every part of the model, at a size that runs in seconds on 2 CPU cores.
 TINY_TAME = {
@@ -40,10 +38,7 @@ def tame_config(**overrides):
 @pytest.fixture(scope="module")
 def data():
     """(config, dataset, train, valid, test) built once."""
-    config = tame_config()
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    return (config, dataset, *data_preparation(config, dataset))
+    return prepare(tame_config())
 
 
 @pytest.fixture(scope="module")

@@ -249,6 +249,12 @@ def _load_arrays(path: str) -> dict:
         ) from err
 
 
+def split_arrays(arrays: dict, suffix: str) -> tuple:
+    """{name: array} -> ({modality: array}, {modality: array of "<modality><suffix>"})."""
+    extra = {k[: -len(suffix)]: v for k, v in arrays.items() if k.endswith(suffix)}
+    return {k: v for k, v in arrays.items() if not k.endswith(suffix)}, extra
+
+
 def read_features(path: str) -> ItemFeatures:
     """Read and validate a feature file; tables come back as float32, masked-out rows as zeros."""
     path = os.fspath(path)
@@ -256,8 +262,7 @@ def read_features(path: str) -> ItemFeatures:
     if TOKEN_KEY not in arrays:
         raise FeatureFileError(f"Feature file {path} has no '{TOKEN_KEY}' array (the item tokens)")
     tokens = arrays.pop(TOKEN_KEY)
-    masks = {k[: -len(MASK_SUFFIX)]: v for k, v in arrays.items() if k.endswith(MASK_SUFFIX)}
-    tables = {k: v for k, v in arrays.items() if not k.endswith(MASK_SUFFIX)}
+    tables, masks = split_arrays(arrays, MASK_SUFFIX)
     _validate(path, tokens, tables, masks)
 
     features = ItemFeatures(path=path, tokens=tokens)

@@ -63,6 +63,7 @@ from recbole_mmm4rec.data.features import (
     _load_arrays,
     _rows_for_ids,
     read_features,
+    split_arrays,
 )
 
 TOKENS_SUFFIX = ".tokens.npz"
@@ -234,8 +235,7 @@ def read_tokens(path: str) -> ItemTokens:
     if TOKEN_KEY not in arrays:
         raise FeatureFileError(f"Token file {path} has no '{TOKEN_KEY}' array (the item tokens)")
     tokens = arrays.pop(TOKEN_KEY)
-    lengths = {k[: -len(LENGTHS_SUFFIX)]: v for k, v in arrays.items() if k.endswith(LENGTHS_SUFFIX)}
-    states = {k: v for k, v in arrays.items() if not k.endswith(LENGTHS_SUFFIX)}
+    states, lengths = split_arrays(arrays, LENGTHS_SUFFIX)
     _validate(path, tokens, states, lengths)
     return ItemTokens(path=path, tokens=tokens, states=states,
                       lengths={m: v.astype(np.int64) for m, v in lengths.items()})
