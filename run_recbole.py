@@ -6,14 +6,19 @@
     python run_recbole.py --model=MMM4Rec --dataset=office --pretrained=saved/MMM4Rec-pretrain-.../best.pth
     python run_recbole.py --model=UniSRec --stage=pretrain --dataset=office,scientific
 
+Several processes: torchrun --nproc_per_node=N run_recbole.py ... (README "Several processes").
 Every other ``--key=value`` overrides a config value, as in RecBole. Defaults: properties/.
 """
 
 import argparse
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 import recbole_mmm4rec
 
-if __name__ == "__main__":
+
+@record  # under torchrun: a failing rank's traceback is what torchrun reports
+def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", default="MMM4Rec", help="model name (ours first, then RecBole's)")
     parser.add_argument("--dataset", "-d", default="scientific_mm", help="dataset folder under data_path")
@@ -36,3 +41,7 @@ if __name__ == "__main__":
                                  overwrite=overwrite)
     else:
         recbole_mmm4rec.run(model=args.model, dataset=args.dataset, config_file_list=config_files)
+
+
+if __name__ == "__main__":
+    main()

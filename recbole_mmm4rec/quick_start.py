@@ -25,12 +25,13 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_environment, get_model, get_trainer, init_logger, init_seed, set_color
 
+from recbole_mmm4rec import distributed
 from recbole_mmm4rec.data.checks import check_interactions
 from recbole_mmm4rec.data.dataset import MultiModalSequentialDataset
 from recbole_mmm4rec.history import with_history
 from recbole_mmm4rec.layers.config import check_training_config
 from recbole_mmm4rec.models import TAME, Mamba4Rec, MMM4Rec, TextSASRec, TiM4Rec, UniSRec
-from recbole_mmm4rec.trainers import NAdamTrainer, Pretrainer, load_pretrained, read_pretrained
+from recbole_mmm4rec.trainers import NAdamTrainer, PluginTrainer, Pretrainer, load_pretrained, read_pretrained
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROPERTIES = PROJECT_ROOT / "properties"
@@ -110,6 +111,8 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     files = default_config_files(model, dataset) + list(config_file_list or [])
     for file in files:
         check_yaml_file(file)
+    if distributed.launched():  # torchrun: every rank sees every GPU (RecBole's gpu_id default would hide them)
+        config_dict = {"gpu_id": distributed.visible_gpus(), **(config_dict or {})}
     config = Config(model=model, dataset=dataset, config_file_list=files, config_dict=config_dict)
     data_path = config["data_path"]
     if not os.path.isabs(data_path) and not os.path.isdir(data_path) and (PROJECT_ROOT / data_path).is_dir():
@@ -117,6 +120,7 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     check_training_config(config)
     if model in PLUGINS:
         PLUGINS[model][0].check_config(config)
+    distributed.setup(config)  # under torchrun: process group, this rank's device, output on rank 0 only
     return config
 
 
@@ -165,7 +169,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     if config["pretrained"]:
         read_pretrained(config["pretrained"], config["model"])  # a bad file fails before the data is loaded
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    distributed.init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
@@ -181,6 +185,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
         load_pretrained(model, config["pretrained"], logger)
     logger.info(model)
     trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    if distributed.active():
+        trainer_class = distributed_trainer(trainer_class, config["model"])
     if config["accumulation_steps"] != 1 and not issubclass(trainer_class, NAdamTrainer):
         raise ValueError(f"accumulation_steps = {config['accumulation_steps']}: only recbole-mmm4rec's models "
                          f"({', '.join(PLUGINS)}) accumulate gradients; {config['model']} trains with RecBole's "
@@ -220,6 +226,17 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     }
 
 
+def distributed_trainer(trainer_class, model):
+    """The trainer of a torchrun run: ours (``PluginTrainer`` shards batches, wraps the model in DDP and
+    evaluates exactly), also for RecBole's models that train with RecBole's plain ``Trainer``."""
+    if issubclass(trainer_class, PluginTrainer):
+        return trainer_class
+    if trainer_class is recbole.trainer.Trainer:
+        return NAdamTrainer  # RecBole's Trainer + NAdam and accumulation: the learner is still the config's
+    raise ValueError(f"{model} trains with RecBole's {trainer_class.__name__}, which recbole-mmm4rec cannot run "
+                     "on several processes (torchrun); run it as one process")
+
+
 def pretrain(datasets, config_file_list=None, config_dict=None, resume=False, model="MMM4Rec", overwrite=False):
     """Pre-train a model (MMM4Rec, UniSRec) on the union of several datasets (``--stage=pretrain --dataset=A,B``).
 
@@ -229,6 +246,9 @@ def pretrain(datasets, config_file_list=None, config_dict=None, resume=False, mo
     already holds a run is refused unless ``resume`` or ``overwrite`` says what to do with it.
     Returns (history, run folder).
     """
+    if distributed.launched():
+        raise NotImplementedError("--stage=pretrain runs as one process for now (not under torchrun); "
+                                  "fine-tuning and training run on several processes")
     if model not in PRETRAINABLE:
         raise ValueError(f"--stage=pretrain is for {' and '.join(PRETRAINABLE)}, not {model}")
     if len(set(datasets)) != len(datasets) or not datasets:

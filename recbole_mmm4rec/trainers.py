@@ -9,7 +9,8 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 from tqdm import tqdm
 
-from recbole_mmm4rec.checkpoints import RECBOLE_FORMAT, CheckpointError, WrongModel, read_checkpoint
+from recbole_mmm4rec import distributed
+from recbole_mmm4rec.checkpoints import RECBOLE_FORMAT, CheckpointError, WrongModel, expecting, read_checkpoint
 from recbole_mmm4rec.compat import save_atomically
 from recbole_mmm4rec.health import HealthMonitor
 from recbole_mmm4rec.history import EpochHistory
@@ -56,8 +57,13 @@ class PluginTrainer(Trainer):
         self.accumulation_steps = check_accumulation_steps(config)
         self.health = HealthMonitor(model) if config["log_health"] else None
         if config["enable_amp"] or config["enable_scaler"] or not config["single_spec"]:
-            raise ValueError(f"{type(self).__name__}: enable_amp, enable_scaler and multi-process training "
-                             "(nproc > 1) are not supported by this trainer")
+            raise ValueError(f"{type(self).__name__}: enable_amp, enable_scaler and RecBole's own multi-process "
+                             "training (nproc > 1) are not supported by this trainer; for several processes "
+                             "start run_recbole.py with torchrun (README \"Several processes\")")
+        self.ddp = None
+        if distributed.active():
+            self.ddp = distributed.wrap(model, self.device)
+            self.saved_model_file = distributed.broadcast(self.saved_model_file)  # its name holds rank 0's time
 
     def _build_optimizer(self, **kwargs):
         kwargs["params"] = parameter_groups(kwargs.get("params", self.model.parameters()))
@@ -80,15 +86,41 @@ class PluginTrainer(Trainer):
             self.health.start_epoch(self.model)
         self.optimizer.zero_grad()
         for index, interaction in enumerate(batches):
-            loss = loss_func(interaction.to(self.device))
-            self._check_nan(loss)
-            loss.backward()  # summed into .grad across the accumulated batches
+            last_of_step = (index + 1) % self.accumulation_steps == 0 or index + 1 == len(train_data)
+            if self.ddp:  # this rank's rows of the global batch (recbole_mmm4rec.distributed)
+                interaction, weight = distributed.shard(interaction)
+                with distributed.no_sync(self.ddp, last_of_step):
+                    loss = self.ddp(interaction.to(self.device)) * weight
+                    self._check_nan(loss)
+                    loss.backward()  # all-reduced (averaged over the ranks) on the last batch of a step
+            else:
+                loss = loss_func(interaction.to(self.device))
+                self._check_nan(loss)
+                loss.backward()  # summed into .grad across the accumulated batches
             total += loss.item()
-            if (index + 1) % self.accumulation_steps == 0 or index + 1 == len(train_data):
+            if last_of_step:
                 self._optimizer_step()
         if self.health:
             self.health.end_epoch(self.model, epoch_idx, self.logger, self.tensorboard)
-        return total
+        return distributed.all_sum(total, self.device) / distributed.world_size() if self.ddp else total
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's checkpoint, written by rank 0 only; the other ranks wait until it is there."""
+        if distributed.is_main():
+            super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
+        distributed.barrier()
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        """RecBole's evaluation; over several ranks, ``distributed.evaluate`` (exact: one process's metrics)."""
+        if not self.ddp or not eval_data:
+            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+        if load_best_model:  # as RecBole's evaluate: the file rank 0 saved (every rank waited for it)
+            with expecting(self.config["model"]):  # the checkpoint's Config may name this model (compat.py)
+                checkpoint = torch.load(model_file or self.saved_model_file, map_location=self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        return distributed.evaluate(self, eval_data, show_progress)
 
     def _optimizer_step(self):
         if self.clip_grad_norm:

@@ -1,0 +1,101 @@
+"""One rank of the multi-process tests (tests/test_distributed.py starts two with torchrun, gloo on CPU).
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/distributed_worker.py MODE MODEL OUT
+
+Modes (rank 0 writes what it measured to OUT as JSON):
+- ``step``: one optimiser step of the trainer on a global batch (each rank its half) vs one process's step
+  on the whole batch, computed by rank 0 on a copy of the initial weights; float64, no dropout.
+- ``eval``: the trainer's distributed full-sort evaluation vs RecBole's single-process ``Trainer.evaluate``
+  of the same weights on rank 0, with batches and users that do not divide by the number of ranks.
+- ``run``: ``recbole_mmm4rec.run`` for two epochs without dropout (also run as one plain process).
+- ``fail``: rank 1 raises while rank 0 waits in a collective.
+"""
+
+import json
+import sys
+
+import torch
+from recbole.trainer import Trainer
+
+import recbole_mmm4rec
+from recbole_mmm4rec import distributed
+from recbole_mmm4rec.trainers import NAdamTrainer
+
+TINY = {"hidden_size": 32, "inner_size": 32, "expand": 2, "head_dim": 16, "n_groups": 2, "d_state": 8,
+        "chunk_size": 8, "num_layers": 1, "n_layers": 1, "n_heads": 2, "show_progress": False, "state": "WARNING",
+        "seed": 2020, "ddp_timeout": 60, "log_health": False, "train_batch_size": 64, "eval_batch_size": 700}
+NO_DROPOUT = {key: 0.0 for key in ("embedding_dropout_prob", "hidden_dropout_prob", "time_dropout_prob",
+                                   "attn_dropout_prob", "dropout_prob")}
+
+
+def setup(model_name, checkpoint_dir, dataset="scientific_mm", **overrides):
+    config = recbole_mmm4rec.build_config(model_name, dataset,
+                                          config_dict={**TINY, "checkpoint_dir": checkpoint_dir, **overrides})
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    from recbole.utils import get_model
+
+
+    def build():  # the same initial weights each call (a deepcopy would lose the weight-decay exemption marks)
+        torch.manual_seed(0)
+        return get_model(model_name)(config, train._dataset)
+
+    return config, build, train, test
+
+
+def step(model_name, checkpoint_dir):
+    config, build, train, _ = setup(model_name, checkpoint_dir, **NO_DROPOUT)
+    model, reference, start = build().double(), build().double(), build().double()
+    trainer = NAdamTrainer(config, model)
+    batch = next(iter(train))
+    trainer._train_epoch([batch], 0)
+    if not distributed.is_main():
+        return None
+    optimizer = trainer._build_optimizer(params=reference.parameters())
+    loss = reference.calculate_loss(batch)
+    (sum(loss) if isinstance(loss, tuple) else loss).backward()
+    optimizer.step()
+    moved = [float((p - q).abs().max().detach()) for p, q in zip(model.parameters(), reference.parameters())]
+    stepped = [float((p - q).abs().max().detach()) for p, q in zip(reference.parameters(), start.parameters())]
+    return {"rows": len(batch), "max_difference": max(moved), "parameters": len(moved),
+            "parameters_moved": sum(s > 0 for s in stepped), "largest_move": max(stepped)}
+
+
+def evaluate(model_name, checkpoint_dir):
+    config, build, _, test = setup(model_name, checkpoint_dir, "office", metric_decimal_place=12)
+    trainer = NAdamTrainer(config, build())
+    result = dict(trainer.evaluate(test, load_best_model=False))
+    if not distributed.is_main():
+        return None
+    single = dict(Trainer.evaluate(trainer, test, load_best_model=False))
+    return {"distributed": result, "single": single, "users": test.sample_size, "batches": len(test)}
+
+
+def run(model_name, checkpoint_dir):
+    """run_recbole's flow for two epochs without dropout: the validation curve and the test result."""
+    result = recbole_mmm4rec.run(model_name, "scientific_mm", config_dict={
+        **TINY, **NO_DROPOUT, "checkpoint_dir": checkpoint_dir, "epochs": 2, "metric_decimal_place": 12})
+    if not distributed.is_main():
+        return None
+    return {"valid": [epoch["valid"] for epoch in result["history"]], "loss": [e["loss"] for e in result["history"]],
+            "test": dict(result["test_result"])}
+
+
+def fail(model_name, checkpoint_dir):
+    setup(model_name, checkpoint_dir)
+    if distributed.rank() == 1:
+        raise ValueError("rank 1 fails on purpose")
+    distributed.barrier()  # rank 1 never gets here
+    return None
+
+
+if __name__ == "__main__":
+    mode, model_name, out = sys.argv[1:4]
+    found = {"step": step, "eval": evaluate, "run": run, "fail": fail}[mode](model_name, out + ".saved")
+    if found is not None:
+        found["world_size"] = distributed.world_size()
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(found, f)
