@@ -32,6 +32,7 @@ BAD_VALUES = [
     ("MMM4Rec", {"epochs": 0}, "MMM4Rec: epochs must be a positive integer, got 0"),
     ("MMM4Rec", {"train_batch_size": "big"}, "train_batch_size must be a positive integer, got 'big'"),
     ("MMM4Rec", {"learning_rate": -0.1}, "learning_rate must be a number > 0"),
+    ("SASRec", {"ddp_timeout": 0}, "ddp_timeout must be a number > 0"),
     ("MMM4Rec", {"accumulation_steps": 0}, "accumulation_steps must be a positive integer"),
     ("TiM4Rec", {"chunk_size": 0}, "TiM4Rec: chunk_size must be a positive integer"),
     ("TiM4Rec", {"d_state": 0}, "TiM4Rec: d_state must be a positive integer"),

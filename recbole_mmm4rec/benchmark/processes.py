@@ -25,6 +25,11 @@ EPOCH_TIME = re.compile(r"epoch \d+ training \[time: ([\d.]+)s")
 COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # RecBole colours its console log
 
 
+def epoch_seconds(log):
+    """The training seconds of every epoch in a RecBole console log, in order."""
+    return [float(s) for s in EPOCH_TIME.findall(COLOUR.sub("", log))]
+
+
 def train_seconds(processes, threads, args, checkpoint_dir):
     """Seconds of each training epoch after the first, from one run_recbole.py run."""
     command = [str(ROOT / "run_recbole.py"), f"--model={args.model}", f"--dataset={args.dataset}",
@@ -38,7 +43,7 @@ def train_seconds(processes, threads, args, checkpoint_dir):
     done = subprocess.run([sys.executable] + command, env=env, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    seconds = [float(s) for s in EPOCH_TIME.findall(COLOUR.sub("", done.stdout + done.stderr))]
+    seconds = epoch_seconds(done.stdout + done.stderr)
     if len(seconds) < 2:
         raise RuntimeError(f"expected {args.epochs} epoch times in the log of {' '.join(command)}, got {seconds}")
     return seconds[1:]
