@@ -96,3 +96,13 @@ def test_a_recbole_trainer_that_cannot_shard_is_refused():
 
 def test_one_process_is_not_distributed():
     assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
+
+
+def test_gathered_rows_are_put_back_in_single_process_batch_order():
+    import torch
+
+    # 5 batches over 2 ranks: rank 0 scored batches 0, 2, 4 (2, 1, 3 rows), rank 1 batches 1, 3 (2, 2 rows)
+    rank0 = ([{"rec.topk": 2}, {"rec.topk": 1}, {"rec.topk": 3}], {"rec.topk": torch.tensor([0, 1, 4, 7, 8, 9])})
+    rank1 = ([{"rec.topk": 2}, {"rec.topk": 2}], {"rec.topk": torch.tensor([2, 3, 5, 6])})
+    merged = distributed._in_batch_order([rank0, rank1], "rec.topk", 5)
+    assert merged.tolist() == list(range(10))
