@@ -134,8 +134,9 @@ def shard(interaction):
 
 
 def no_sync(ddp, last_of_step):
-    """DDP's ``no_sync`` for the batches before the last one of an accumulated optimiser step."""
-    return contextlib.nullcontext() if last_of_step else ddp.no_sync()
+    """DDP's ``no_sync`` for the batches before the last one of an accumulated optimiser step (nothing
+    when ``ddp`` is None: one process)."""
+    return contextlib.nullcontext() if ddp is None or last_of_step else ddp.no_sync()
 
 
 def all_sum(value, device):

@@ -87,14 +87,8 @@ class PluginTrainer(Trainer):
         self.optimizer.zero_grad()
         for index, interaction in enumerate(batches):
             last_of_step = (index + 1) % self.accumulation_steps == 0 or index + 1 == len(train_data)
-            if self.ddp:  # this rank's rows of the global batch (recbole_mmm4rec.distributed)
-                interaction, weight = distributed.shard(interaction)
-                with distributed.no_sync(self.ddp, last_of_step):
-                    loss = self.ddp(interaction.to(self.device)) * weight
-                    self._check_nan(loss)
-                    loss.backward()  # all-reduced (averaged over the ranks) on the last batch of a step
-            else:
-                loss = loss_func(interaction.to(self.device))
+            with distributed.no_sync(self.ddp, last_of_step):  # several ranks: all-reduce once per step
+                loss = self._batch_loss(interaction, loss_func)
                 self._check_nan(loss)
                 loss.backward()  # summed into .grad across the accumulated batches
             total += loss.item()
@@ -103,6 +97,13 @@ class PluginTrainer(Trainer):
         if self.health:
             self.health.end_epoch(self.model, epoch_idx, self.logger, self.tensorboard)
         return distributed.all_sum(total, self.device) / distributed.world_size() if self.ddp else total
+
+    def _batch_loss(self, interaction, loss_func):
+        """The loss of a batch; over several ranks, of this rank's rows, weighted (``distributed.shard``)."""
+        if not self.ddp:
+            return loss_func(interaction.to(self.device))
+        interaction, weight = distributed.shard(interaction)
+        return self.ddp(interaction.to(self.device)) * weight
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """RecBole's checkpoint, written by rank 0 only; the other ranks wait until it is there."""

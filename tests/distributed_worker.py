@@ -15,29 +15,24 @@ import json
 import sys
 
 import torch
+from conftest import TINY as TESTS_TINY  # this script's folder is on sys.path: tests/conftest.py
+from conftest import prepare
 from recbole.trainer import Trainer
+from recbole.utils import get_model
 
 import recbole_mmm4rec
 from recbole_mmm4rec import distributed
 from recbole_mmm4rec.trainers import NAdamTrainer
 
-TINY = {"hidden_size": 32, "inner_size": 32, "expand": 2, "head_dim": 16, "n_groups": 2, "d_state": 8,
-        "chunk_size": 8, "num_layers": 1, "n_layers": 1, "n_heads": 2, "show_progress": False, "state": "WARNING",
-        "seed": 2020, "ddp_timeout": 60, "log_health": False, "train_batch_size": 64, "eval_batch_size": 700}
+TINY = {**TESTS_TINY, "num_layers": 1, "n_layers": 1, "n_heads": 2, "ddp_timeout": 60, "log_health": False,
+        "train_batch_size": 64, "eval_batch_size": 700}
 NO_DROPOUT = {key: 0.0 for key in ("embedding_dropout_prob", "hidden_dropout_prob", "time_dropout_prob",
                                    "attn_dropout_prob", "dropout_prob")}
 
 
 def setup(model_name, checkpoint_dir, dataset="scientific_mm", **overrides):
-    config = recbole_mmm4rec.build_config(model_name, dataset,
-                                          config_dict={**TINY, "checkpoint_dir": checkpoint_dir, **overrides})
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    from recbole.utils import get_model
-
+    config, _, train, _, test = prepare(recbole_mmm4rec.build_config(
+        model_name, dataset, config_dict={**TINY, "checkpoint_dir": checkpoint_dir, **overrides}))
 
     def build():  # the same initial weights each call (a deepcopy would lose the weight-decay exemption marks)
         torch.manual_seed(0)
