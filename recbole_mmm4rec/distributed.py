@@ -7,13 +7,17 @@ own processes, hard-codes NCCL and CUDA, pads every rank's evaluation with dupli
 re-weights the per-rank metrics. Here instead:
 
 * ``setup``: one process group per run (NCCL with one GPU per local rank on CUDA, gloo on CPU), a
-  timeout on every collective (``ddp_timeout`` seconds), logging and progress bars on rank 0 only.
+  timeout on every collective (``ddp_timeout`` seconds), logging, progress bars and TensorBoard on rank 0
+  only.
 * Training: every rank builds the same global batch of ``train_batch_size`` rows (the same shuffling,
-  seeded by ``seed``) and trains on its share, rows ``rank, rank + N, ...`` (``shard``). The loss of a
+  seeded by ``seed``) and trains on its share, rows ``rank, rank + N, ...`` (``sharded``). The loss of a
   share is weighted by ``N * rows_of_rank / rows_of_batch``, so that DistributedDataParallel's mean of
   the ranks' gradients is the gradient of the whole batch's mean loss: a step of N ranks is the step of
   one process on the whole batch, and the default run follows one process's learning curve.
   ``train_batch_size`` is therefore global (each rank computes about ``train_batch_size / N`` rows).
+  In-batch losses (pre-training, TAME's contrastive term: ``layers.in_batch``) gather every rank's keys
+  (``gather_batch``), so their negatives are the whole batch's, as in one process. Pre-training trains
+  the same domain's batch on every rank in each step (``trainers.Pretrainer``).
 * Evaluation (``evaluate``): batch i is scored by rank ``i % N``; the per-user results are gathered and
   put back in single-process order before RecBole's evaluator computes the metrics, so that the metrics
   equal a single-process evaluation of the same weights exactly. No user is duplicated or re-weighted.
@@ -25,6 +29,7 @@ import os
 from datetime import timedelta
 
 import torch
+import recbole.trainer.trainer
 import recbole.utils
 import torch.distributed as dist
 from recbole.data.dataloader import FullSortEvalDataLoader
@@ -71,6 +76,7 @@ def setup(config):
     Called by ``quick_start.build_config`` after RecBole's Config; a second call (pre-training builds one
     config per domain) reuses the group. On CUDA, local rank r uses GPU r of those visible.
     """
+    global _gather_group
     if not launched():
         return
     if config["nproc"] not in (None, 1) or config["world_size"] not in (None, -1, 1):
@@ -86,8 +92,17 @@ def setup(config):
         torch.cuda.set_device(config["device"])
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=config["ddp_timeout"]))
+        _gather_group = dist.new_group()  # gather_batch's collectives run beside DDP's, in their own group
     if not is_main():
         config["state"], config["show_progress"] = "ERROR", False
+        recbole.trainer.trainer.get_tensorboard = lambda logger: _NoTensorBoard()  # no folder, no events
+
+
+class _NoTensorBoard:
+    """What RecBole's ``Trainer`` gets as its TensorBoard writer on ranks other than 0: every call does nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def init_logger(config):
@@ -98,12 +113,12 @@ def init_logger(config):
         logging.basicConfig(level=logging.ERROR)
 
 
-def wrap(model, device):
-    """``model``'s training loss as the forward pass of a ``DistributedDataParallel`` module: DDP's
-    gradient hooks fire for what goes through its forward, and RecBole's models train by calculate_loss.
+def wrap(loss, device):
+    """A module whose forward pass is a training loss (``TrainingLoss``, ``trainers.PretrainingLoss``) as
+    a ``DistributedDataParallel`` module: DDP's gradient hooks fire for what goes through its forward.
     Rank 0's weights are broadcast to every rank here."""
     return torch.nn.parallel.DistributedDataParallel(
-        TrainingLoss(model), device_ids=[device.index] if device.type == "cuda" else None,
+        loss, device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=True,  # a model need not use every parameter in every step
     )
 
@@ -120,17 +135,64 @@ class TrainingLoss(torch.nn.Module):
         return sum(loss) if isinstance(loss, tuple) else loss
 
 
-def shard(interaction):
-    """This rank's rows of a global batch and the weight of its mean loss (module docstring).
+_gather_group = None
+_share = None  # (rows of the global batch, this rank's rows) while a share is trained: ``sharded``
 
-    A rank left without rows (a last batch smaller than the number of ranks) trains on one row with
+
+@contextlib.contextmanager
+def sharded(interaction):
+    """``with sharded(batch) as (share, weight)``: this rank's rows of a global batch and the weight of
+    their mean loss (module docstring). Inside, ``gather_batch`` and ``batch_positions`` know the layout.
+
+    A rank left without rows (a last batch smaller than the number of ranks) trains on row 0 with
     weight 0, so that every rank takes part in every step."""
+    global _share
     n, size = len(interaction), world_size()
     rows = torch.arange(rank(), n, size)
     weight = size * len(rows) / n
-    if not len(rows):
-        rows = torch.zeros(1, dtype=torch.long)
-    return interaction[rows], weight
+    _share = (n, rows)
+    try:
+        yield interaction[rows if len(rows) else torch.zeros(1, dtype=torch.long)], weight
+    finally:
+        _share = None
+
+
+def gather_batch(tensor):
+    """Every rank's share of a per-row ``tensor`` [n_r, ...] put together: [N, ...] in the global batch's
+    row order, with gradient (each rank gets the gradient of its own rows, summed over the ranks' losses).
+    Outside a sharded step (one process, evaluation) the tensor itself."""
+    if _share is None:
+        return tensor
+    n, rows = _share
+    size, longest = world_size(), -(-n // world_size())
+    padded = torch.cat([tensor[:len(rows)], tensor.new_zeros((longest - len(rows), *tensor.shape[1:]))])
+    every = _AllGather.apply(padded)  # [W, longest, ...]: rank r's i-th row is global row r + i * W
+    return every.transpose(0, 1).reshape(longest * size, *tensor.shape[1:])[:n]
+
+
+def batch_positions(count, device):
+    """The global batch rows of this rank's ``count`` rows (0 .. count - 1 outside a sharded step)."""
+    if _share is None:
+        return torch.arange(count, device=device)
+    rows = _share[1]
+    return (rows if len(rows) else torch.zeros(1, dtype=torch.long)).to(device)
+
+
+class _AllGather(torch.autograd.Function):
+    """all_gather [n, ...] -> [W, n, ...] with its gradient: the sum over the ranks of the gradient of
+    this rank's block (an all-reduce; gloo has no reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        blocks = [torch.empty_like(tensor) for _ in range(world_size())]
+        dist.all_gather(blocks, tensor.contiguous(), group=_gather_group)
+        return torch.stack(blocks)
+
+    @staticmethod
+    def backward(ctx, gradient):
+        gradient = gradient.contiguous()
+        dist.all_reduce(gradient, group=_gather_group)
+        return gradient[rank()]
 
 
 def no_sync(ddp, last_of_step):

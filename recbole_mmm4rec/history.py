@@ -13,8 +13,8 @@ from time import perf_counter
 class EpochHistory:
     """Mixin for a RecBole ``Trainer``: records training seconds, loss and validation result per epoch."""
 
-    def __init__(self, config, model):
-        super().__init__(config, model)
+    def __init__(self, config, model, **kwargs):
+        super().__init__(config, model, **kwargs)
         self.history = []
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):

@@ -23,7 +23,7 @@ import recbole.trainer
 import yaml
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_environment, get_model, get_trainer, init_logger, init_seed, set_color
+from recbole.utils import get_environment, get_model, get_trainer, init_seed, set_color
 
 from recbole_mmm4rec import distributed
 from recbole_mmm4rec.data.checks import check_interactions
@@ -246,9 +246,6 @@ def pretrain(datasets, config_file_list=None, config_dict=None, resume=False, mo
     already holds a run is refused unless ``resume`` or ``overwrite`` says what to do with it.
     Returns (history, run folder).
     """
-    if distributed.launched():
-        raise NotImplementedError("--stage=pretrain runs as one process for now (not under torchrun); "
-                                  "fine-tuning and training run on several processes")
     if model not in PRETRAINABLE:
         raise ValueError(f"--stage=pretrain is for {' and '.join(PRETRAINABLE)}, not {model}")
     if len(set(datasets)) != len(datasets) or not datasets:
@@ -260,7 +257,7 @@ def pretrain(datasets, config_file_list=None, config_dict=None, resume=False, mo
         if name == datasets[0]:
             run_dir = pretrain_run_dir(config, model, datasets)
             check_run_dir(run_dir, resume, overwrite)
-            init_logger(config)
+            distributed.init_logger(config)
             getLogger().info(config)
         check_interactions(config)
         init_seed(config["seed"], config["reproducibility"])

@@ -52,7 +52,7 @@ class PluginTrainer(Trainer):
     (``recbole_mmm4rec.health``), also to TensorBoard under ``health/`` when ``log_tensorboard`` is on.
     """
 
-    def __init__(self, config, model):
+    def __init__(self, config, model, train=True):
         super().__init__(config, model)
         self.accumulation_steps = check_accumulation_steps(config)
         self.health = HealthMonitor(model) if config["log_health"] else None
@@ -60,9 +60,9 @@ class PluginTrainer(Trainer):
             raise ValueError(f"{type(self).__name__}: enable_amp, enable_scaler and RecBole's own multi-process "
                              "training (nproc > 1) are not supported by this trainer; for several processes "
                              "start run_recbole.py with torchrun (README \"Several processes\")")
-        self.ddp = None
-        if distributed.active():
-            self.ddp = distributed.wrap(model, self.device)
+        self.ddp = None  # several ranks: the DDP module of the training loss (none for an evaluator: train=False)
+        if distributed.active() and train:
+            self.ddp = distributed.wrap(distributed.TrainingLoss(model), self.device)
             self.saved_model_file = distributed.broadcast(self.saved_model_file)  # its name holds rank 0's time
 
     def _build_optimizer(self, **kwargs):
@@ -99,11 +99,11 @@ class PluginTrainer(Trainer):
         return distributed.all_sum(total, self.device) / distributed.world_size() if self.ddp else total
 
     def _batch_loss(self, interaction, loss_func):
-        """The loss of a batch; over several ranks, of this rank's rows, weighted (``distributed.shard``)."""
+        """The loss of a batch; over several ranks, of this rank's rows, weighted (``distributed.sharded``)."""
         if not self.ddp:
             return loss_func(interaction.to(self.device))
-        interaction, weight = distributed.shard(interaction)
-        return self.ddp(interaction.to(self.device)) * weight
+        with distributed.sharded(interaction) as (share, weight):
+            return self.ddp(share.to(self.device)) * weight
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """RecBole's checkpoint, written by rank 0 only; the other ranks wait until it is there."""
@@ -114,7 +114,7 @@ class PluginTrainer(Trainer):
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         """RecBole's evaluation; over several ranks, ``distributed.evaluate`` (exact: one process's metrics)."""
-        if not self.ddp or not eval_data:
+        if not distributed.active() or not eval_data:
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
         if load_best_model:  # as RecBole's evaluate: the file rank 0 saved (every rank waited for it)
             with expecting(self.config["model"]):  # the checkpoint's Config may name this model (compat.py)
@@ -150,8 +150,13 @@ class Pretrainer:
     with the model's in-batch loss by the optimiser of ``learner``. After each epoch the views are
     evaluated on their domains' validation splits (full ranking); the mean ``valid_metric`` selects the
     best epoch. ``last.pth`` (everything needed to resume) is written atomically after every epoch and
-    ``best.pth`` whenever the validation improves. Epoch e's shuffling and dropout are seeded with
-    ``seed + e``, so a resumed run gives the same result as an uninterrupted one.
+    ``best.pth`` whenever the validation improves. Epoch e's shuffling is seeded with ``seed + e`` and its
+    dropout with ``seed + e * N + rank`` (N processes; ``seed + e`` for one), so a resumed run gives the
+    same result as an uninterrupted one.
+
+    Under torchrun every rank builds the same batches and trains its share of each (``distributed.sharded``:
+    the same domain on every rank in a step); the in-batch losses gather every rank's keys, so a step of N
+    ranks is one process's step on the whole batch (without dropout). Checkpoints are written by rank 0.
     """
 
     def __init__(self, config, views, train_sets, valid_loaders, run_dir):
@@ -160,12 +165,13 @@ class Pretrainer:
         self.logger = getLogger()
         self.device = config["device"]
         self.model = torch.nn.ModuleDict(views).to(self.device)  # shared encoder counted once
-        self.evaluators = {d: NAdamTrainer(config, view) for d, view in views.items()}
+        self.evaluators = {d: NAdamTrainer(config, view, train=False) for d, view in views.items()}
         # RecBole's optimiser of `learner` (or NAdam), over every view's parameters
         self.optimizer = next(iter(self.evaluators.values()))._build_optimizer(params=self.model.parameters())
         self.accumulation_steps = check_accumulation_steps(config)
         self.health = HealthMonitor(self.model) if config["log_health"] else None
         self.epoch, self.history, self.best_score = 0, [], float("-inf")
+        self.ddp = distributed.wrap(PretrainingLoss(self.model), self.device) if distributed.active() else None
         os.makedirs(run_dir, exist_ok=True)
 
     @property
@@ -211,7 +217,8 @@ class Pretrainer:
     def _train_epoch(self, epoch, show_progress):
         """One epoch; the losses of ``accumulation_steps`` batches are summed before each optimiser step
         (as ``NAdamTrainer``). Returns the mean batch loss."""
-        torch.manual_seed(self.config["seed"] + epoch)  # dropout: reproducible per epoch, hence resumable
+        ranks = distributed.world_size()  # dropout: reproducible per epoch (hence resumable), apart per rank
+        torch.manual_seed(self.config["seed"] + epoch * ranks + distributed.rank())
         self.model.train()
         total, batches = 0.0, self._batches(epoch)
         if self.health:
@@ -219,20 +226,30 @@ class Pretrainer:
         self.optimizer.zero_grad()
         for index, (domain, rows) in enumerate(
                 tqdm(batches, desc=f"Pretrain {epoch:>3}", ncols=100, disable=not show_progress)):
-            interaction = self.train_sets[domain][rows].to(self.device)
-            loss = self.views[domain].calculate_in_batch_loss(interaction)
-            if torch.isnan(loss):
-                raise ValueError(f"pre-training loss is NaN at epoch {epoch} (domain {domain})")
-            loss.backward()
+            last_of_step = (index + 1) % self.accumulation_steps == 0 or index + 1 == len(batches)
+            with distributed.no_sync(self.ddp, last_of_step):  # several ranks: all-reduce once per step
+                loss = self._batch_loss(domain, self.train_sets[domain][rows])
+                if torch.isnan(loss):
+                    raise ValueError(f"pre-training loss is NaN at epoch {epoch} (domain {domain})")
+                loss.backward()
             total += loss.item()
-            if (index + 1) % self.accumulation_steps == 0 or index + 1 == len(batches):
+            if last_of_step:
                 if self.health:
                     self.health.after_backward(self.model)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
         if self.health:
             self.health.end_epoch(self.model, epoch, self.logger)
+        if self.ddp:  # the ranks' weighted share losses sum to N times the batch losses
+            total = distributed.all_sum(total, self.device) / distributed.world_size()
         return total / len(batches)
+
+    def _batch_loss(self, domain, interaction):
+        """The in-batch loss of a batch of ``domain``; over several ranks, of this rank's share, weighted."""
+        if not self.ddp:
+            return self.views[domain].calculate_in_batch_loss(interaction.to(self.device))
+        with distributed.sharded(interaction) as (share, weight):
+            return self.ddp(domain, share.to(self.device)) * weight
 
     @torch.no_grad()
     def _validate(self, show_progress):
@@ -259,7 +276,10 @@ class Pretrainer:
         return state
 
     def _save(self, path, with_optimizer):
-        save_atomically(self._state(with_optimizer), path)
+        """Written atomically by rank 0; the other ranks wait until it is there."""
+        if distributed.is_main():
+            save_atomically(self._state(with_optimizer), path)
+        distributed.barrier()
 
     def resume(self, path):
         """Continue from ``last.pth``: weights, item tables, optimizer, epoch and history."""
@@ -283,6 +303,18 @@ class Pretrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.history, self.best_score = state["epoch"], state["history"], state["best_score"]
         self.logger.info(set_color("Resuming pre-training", "blue") + f" after epoch {self.epoch - 1} from {path}")
+
+
+class PretrainingLoss(torch.nn.Module):
+    """``views[domain].calculate_in_batch_loss(interaction)`` as a module: what ``Pretrainer`` wraps in
+    DistributedDataParallel (the views share one encoder; another domain's item tables get no gradient)."""
+
+    def __init__(self, views):
+        super().__init__()
+        self.views = views  # torch.nn.ModuleDict
+
+    def forward(self, domain, interaction):
+        return self.views[domain].calculate_in_batch_loss(interaction)
 
 
 def _layer_index(key):

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import split_scientific_mm
 
 from recbole_mmm4rec import distributed
 from recbole_mmm4rec.quick_start import distributed_trainer
@@ -20,9 +22,10 @@ from recbole_mmm4rec.quick_start import distributed_trainer
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
-def launch(mode, model, out, processes=2, timeout=300):
-    """Run the worker (under torchrun with ``processes`` ranks, or plain for 1); returns (result, process)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def launch(mode, model, out, processes=2, timeout=300, **env):
+    """Run the worker (under torchrun with ``processes`` ranks, or plain for 1) with ``env`` added to its
+    environment; returns (result, process)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     env.pop("WORLD_SIZE", None)
     command = [sys.executable, str(WORKER), mode, model, str(out)]
     if processes > 1:
@@ -66,6 +69,51 @@ def test_a_short_training_run_follows_the_single_process_curve(tmp_path):
         for metric in single:
             assert several[metric] == pytest.approx(single[metric], abs=1e-6), metric
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)  # the logged loss is the global batch's
+
+
+def test_a_pretraining_step_of_two_ranks_is_one_process_step_on_the_whole_batch(tmp_path):
+    """MMM4Rec (UniSRec's gate noise and item dropout are drawn per share, so its step is not one process's)."""
+    result, process = launch("pretrain-step", "MMM4Rec", tmp_path / "step.json")
+    succeeded(process)
+    assert result["world_size"] == 2 and result["rows"] == 255  # shares of 128 and 127 rows
+    assert result["repeated_targets"] > 0  # masked as negatives across the two shares too
+    assert result["parameters_moved"] > 0
+    assert result["max_difference"] < 1e-12  # the negatives of every row are the whole batch's
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory):
+    """Two small real domains: disjoint halves of 800 scientific_mm users (as tests/test_pretrain.py)."""
+    return split_scientific_mm(tmp_path_factory.mktemp("domains"), ("sci_a", "sci_b"), 400)
+
+
+def test_distributed_pretraining_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, domains):
+    whole, process = launch("pretrain", "MMM4Rec", tmp_path / "whole.json", DOMAINS=domains)
+    succeeded(process)
+    assert whole["world_size"] == 2 and len(whole["loss"]) == 2 and whole["loss"][1] < whole["loss"][0]
+    assert sorted(os.listdir(whole["run_dir"])) == ["best.pth", "last.pth"]
+    _, process = launch("pretrain-killed", "MMM4Rec", tmp_path / "resumed.json", DOMAINS=domains)
+    assert process.returncode != 0 and not (tmp_path / "resumed.json").exists()
+    killed = tmp_path / "resumed.json.saved" / Path(whole["run_dir"]).name / "last.pth"
+    assert torch.load(killed)["epoch"] == 1  # killed after epoch 0's checkpoint
+    resumed, process = launch("pretrain-resume", "MMM4Rec", tmp_path / "resumed.json", DOMAINS=domains)
+    succeeded(process)
+    assert resumed["loss"] == whole["loss"]  # epoch 0 from last.pth's history, epoch 1 trained again
+    states = [torch.load(Path(run["run_dir"]) / "last.pth") for run in (whole, resumed)]
+    assert states[0]["epoch"] == states[1]["epoch"] == 2
+    for part in ("encoder", "optimizer"):
+        assert torch.equal(*(torch.cat([v.flatten().double() for v in flat(state[part])]) for state in states))
+
+
+def flat(state):
+    """Every tensor of a (nested) state dict, in key order."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for key in sorted(state, key=str) for t in flat(state[key])]
+    if isinstance(state, (list, tuple)):
+        return [t for item in state for t in flat(item)]
+    return []
 
 
 def test_a_failing_rank_ends_the_whole_run_with_its_error(tmp_path):

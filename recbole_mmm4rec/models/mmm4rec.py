@@ -21,6 +21,7 @@ from recbole_mmm4rec.data.dataset import MODALITIES
 from recbole_mmm4rec.layers.adapters import ItemTable, ModalityAdapter
 from recbole_mmm4rec.layers.config import (check_tissd_config, require_bool, require_positive_int,
                                            require_positive_number, require_probability)
+from recbole_mmm4rec.layers.in_batch import in_batch_cross_entropy
 from recbole_mmm4rec.layers.time import MaskedSequenceNorm, init_time_path, time_differences
 from recbole_mmm4rec.layers.tissd import MMM4RecLayer
 
@@ -153,11 +154,8 @@ class MMM4Rec(SequentialRecommender):
         """
         targets = interaction[self.POS_ITEM_ID]  # [B]
         user, adapted = self._user_and_items(interaction)  # [B, D]
-        logits = self.encoder.scores(user, self.encoder.item_embeddings(adapted, targets))  # [B, B]
-        same = targets.unsqueeze(0) == targets.unsqueeze(1)  # [B, B]
-        false_negative = same & ~torch.eye(len(targets), dtype=torch.bool, device=targets.device)
-        logits = logits.masked_fill(false_negative, float("-inf"))
-        return self.loss_fct(logits, torch.arange(len(targets), device=targets.device))
+        text, image = self.encoder.item_embeddings(adapted, targets)  # [B, D] each
+        return in_batch_cross_entropy(user, text + image, targets, self.encoder.temperature)
 
     def predict(self, interaction):
         user, adapted = self._user_and_items(interaction)

@@ -28,6 +28,7 @@ from recbole.model.layers import TransformerEncoder
 from recbole_mmm4rec.data.tokens import load_item_tokens
 from recbole_mmm4rec.layers.config import (require_bool, require_choice, require_divides, require_positive_int,
                                            require_positive_number, require_probability)
+from recbole_mmm4rec.layers.in_batch import in_batch_cross_entropy
 from recbole_mmm4rec.layers.retrieval import FirstTokenMLP, QueryRetriever
 
 MODALITIES = ("text", "image")
@@ -91,11 +92,7 @@ def in_batch_infonce(users, targets, target_ids, temperature):
     users [B, D], targets [B, D] (the targets' ID embeddings), target_ids [B]. A target that appears more than
     once in the batch is no negative for the other sequences whose target it also is (masked out).
     """
-    logits = F.normalize(users, dim=-1) @ F.normalize(targets, dim=-1).T / temperature  # [B, B]
-    same = target_ids.unsqueeze(0) == target_ids.unsqueeze(1)  # [B, B]
-    false_negative = same & ~torch.eye(len(target_ids), dtype=torch.bool, device=target_ids.device)
-    logits = logits.masked_fill(false_negative, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(target_ids), device=target_ids.device))
+    return in_batch_cross_entropy(F.normalize(users, dim=-1), F.normalize(targets, dim=-1), target_ids, temperature)
 
 
 def make_retriever(config, modality, feature_dim):

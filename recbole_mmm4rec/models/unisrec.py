@@ -38,6 +38,7 @@ from recbole.utils import InputType
 from recbole_mmm4rec.layers.config import (require_bool, require_choice, require_divides, require_positive_int,
                                            require_positive_number, require_probability)
 from recbole_mmm4rec.layers.adapters import ItemTable
+from recbole_mmm4rec.layers.in_batch import in_batch_cross_entropy
 
 TRAIN_STAGES = ("pretrain", "inductive_ft", "transductive_ft")
 NOISE_FLOOR = 0.01  # added to the gate's noise scale softplus(x W_n), as in the authors' code
@@ -132,13 +133,6 @@ def item_drop(item_seq, item_seq_len, ratio):
     return item_seq.gather(1, kept_first).masked_fill(positions >= length.unsqueeze(1), 0), length
 
 
-def in_batch_cross_entropy(logits, excluded):
-    """Cross-entropy of row j against column j of logits [B, B]; ``excluded`` [B, B] columns are no
-    negatives for their row (sequences sharing the next item)."""
-    labels = torch.arange(len(logits), device=logits.device)
-    return F.cross_entropy(logits.masked_fill(excluded, float("-inf")), labels)
-
-
 class UniSRec(SequentialRecommender):
     r"""UniSRec as a RecBole sequential recommender (reads ``item_id_list``, ``item_length``; needs
     ``train_neg_sample_args: ~`` and a dataset with a ``text`` feature table for every item)."""
@@ -207,10 +201,8 @@ class UniSRec(SequentialRecommender):
         sequences = self.forward(item_seq, item_seq_len)  # [B, D]
         items = F.normalize(self.item_embeddings(targets), dim=-1)  # [B, D]
         views = self.forward(*item_drop(item_seq, item_seq_len, self.item_drop_ratio))  # [B, D]
-        shared = targets.unsqueeze(0) == targets.unsqueeze(1)  # [B, B]
-        shared.fill_diagonal_(False)
-        seq_item = in_batch_cross_entropy(sequences @ items.T / self.temperature, shared)
-        seq_seq = in_batch_cross_entropy(sequences @ views.T / self.temperature, shared)
+        seq_item = in_batch_cross_entropy(sequences, items, targets, self.temperature)
+        seq_seq = in_batch_cross_entropy(sequences, views, targets, self.temperature)
         return seq_item, seq_seq
 
     def calculate_in_batch_loss(self, interaction):
