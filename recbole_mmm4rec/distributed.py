@@ -51,7 +51,10 @@ def active():
 
 
 def rank():
-    return dist.get_rank() if active() else 0
+    """This process's rank: the process group's, or torchrun's ``RANK`` before ``setup`` joins it."""
+    if active():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
 def world_size():

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import split_scientific_mm
 
 from recbole_mmm4rec import distributed
+from recbole_mmm4rec.benchmark import cells
+from recbole_mmm4rec.benchmark.__main__ import main as benchmark_main
 from recbole_mmm4rec.quick_start import distributed_trainer
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -114,6 +117,33 @@ def flat(state):
     if isinstance(state, (list, tuple)):
         return [t for item in state for t in flat(item)]
     return []
+
+
+def test_a_benchmark_cell_under_torchrun_is_trained_by_every_rank_and_written_by_rank_0(tmp_path):
+    spec = tmp_path / "bench.yaml"
+    spec.write_text(yaml.safe_dump({"models": ["SASRec"], "seeds": [2020],
+                                    "datasets": {"scientific_mm": {"epochs": 1, "stopping_step": 0}},
+                                    "model_config": {"SASRec": {"config": {"hidden_size": 16, "inner_size": 16,
+                                                                           "n_layers": 1, "n_heads": 1}}}}))
+    out = tmp_path / "results"
+    process = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+         "recbole_mmm4rec.benchmark", str(spec), "--out", str(out), "--cell", "SASRec", "scientific_mm", "2020"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    succeeded(process)
+    cell = json.loads(cells.cell_file(out, "SASRec", "scientific_mm", 2020).read_text())
+    assert cell["status"] == "ok" and cell["environment"]["processes"] == 2 and cell["epochs_run"] == 1
+    assert process.stdout.count("cell SASRec on scientific_mm, seed 2020: done") == 2  # each rank reports
+
+
+def test_the_benchmark_runner_is_refused_under_torchrun(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    spec = tmp_path / "bench.yaml"
+    spec.write_text(yaml.safe_dump({"models": ["Pop"], "seeds": [2020], "datasets": {"scientific_mm": {"epochs": 1, "stopping_step": 0}}}))
+    with pytest.raises(SystemExit):
+        benchmark_main([str(spec), "--out", str(tmp_path)])
+    assert "under torchrun, train one cell: --cell MODEL DATASET SEED" in capsys.readouterr().err
+    assert not (tmp_path / "cells").exists()
 
 
 def test_a_failing_rank_ends_the_whole_run_with_its_error(tmp_path):

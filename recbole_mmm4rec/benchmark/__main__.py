@@ -10,9 +10,11 @@ records N, since sharing the machine slows every cell's seconds per epoch).
 import argparse
 import sys
 from collections import Counter
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from recbole_mmm4rec import distributed
 from recbole_mmm4rec.benchmark.cells import (CellBusy, cell_file, cell_lock, is_finished, log_file, read_cell,
                                              run_in_subprocess, train_cell)
 from recbole_mmm4rec.benchmark.report import write_reports
@@ -39,6 +41,9 @@ def main(argv=None):
     out = Path(args.out) if args.out else bench.default_out
     if args.cell:
         return run_one_cell(parser, bench, out, *args.cell, jobs=args.jobs)
+    if distributed.launched():
+        parser.error("under torchrun, train one cell: --cell MODEL DATASET SEED (the runner starts every cell "
+                     "as a process of its own)")
     failed = 0 if args.report_only else run_all(bench, out, force=args.force, jobs=args.jobs)
     for path in write_reports(bench, out):
         print(f"written: {path}")
@@ -86,7 +91,7 @@ def run_one_cell(parser, bench, out, model, dataset, seed, jobs=1):
                      f"(models {list(bench.models)}, datasets {list(bench.datasets)}, seeds {list(bench.seeds)})")
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value overrides from the command line: none here
     try:
-        with cell_lock(out, model, dataset, int(seed)):
+        with cell_lock(out, model, dataset, int(seed)) if distributed.is_main() else nullcontext():  # torchrun
             record = train_cell(bench, out, model, dataset, int(seed), cells_at_once=jobs)
     except CellBusy as busy:
         print(f"cell not started: {busy}")

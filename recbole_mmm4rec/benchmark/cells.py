@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from time import perf_counter
 
+from recbole_mmm4rec import distributed
 from recbole_mmm4rec.benchmark.spec import resolve
 from recbole_mmm4rec.compat import write_text_atomically
 
@@ -110,7 +111,8 @@ def write_json_atomically(path, data):
 def train_cell(bench, out, model, dataset, seed, cells_at_once=1):
     """Train and test one cell in this process; write its JSON (``status`` ok or failed). Returns the record.
 
-    ``cells_at_once``: how many cells shared the machine with this one (``--jobs``), kept with its timings."""
+    ``cells_at_once``: how many cells shared the machine with this one (``--jobs``), kept with its timings.
+    Under torchrun every rank trains and rank 0 alone writes the JSON (its ``processes``: the ranks)."""
     settings = bench.settings(model, dataset, seed)
     record = {"model": model, "dataset": dataset, "seed": seed, "settings": _as_json(settings)}
     try:
@@ -120,7 +122,8 @@ def train_cell(bench, out, model, dataset, seed, cells_at_once=1):
         record.update(status="failed", error=f"{type(error).__name__}: {error}")
     record.update(log=str(log_file(out, model, dataset, seed).relative_to(out)), environment=_environment(cells_at_once),
                   finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    write_json_atomically(cell_file(out, model, dataset, seed), record)
+    if distributed.is_main():
+        write_json_atomically(cell_file(out, model, dataset, seed), record)
     return record
 
 
@@ -183,6 +186,7 @@ def _environment(cells_at_once):
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     return {"device": device, "torch_threads": torch.get_num_threads(), "cells_at_once": cells_at_once,
+            "processes": distributed.world_size(),
             "python": platform.python_version(), "torch": torch.__version__, "recbole": recbole.__version__}
 
 
