@@ -4,7 +4,8 @@
 
 Modes (rank 0 writes what it measured to OUT as JSON):
 - ``step``: one optimiser step of the trainer on a global batch (each rank its half) vs one process's step
-  on the whole batch, computed by rank 0 on a copy of the initial weights; float64, no dropout.
+  on the whole batch, computed by rank 0 on a copy of the initial weights; float64, no dropout; and
+  whether every rank holds the same weights after it.
 - ``eval``: the trainer's distributed full-sort evaluation vs RecBole's single-process ``Trainer.evaluate``
   of the same weights on rank 0, with batches and users that do not divide by the number of ranks.
 - ``run``: ``recbole_mmm4rec.run`` for two epochs without dropout (also run as one plain process).
@@ -34,7 +35,8 @@ from recbole_mmm4rec.trainers import NAdamTrainer, Pretrainer
 TINY = {**TESTS_TINY, "num_layers": 1, "n_layers": 1, "n_heads": 2, "ddp_timeout": 60, "log_health": False,
         "train_batch_size": 64, "eval_batch_size": 700}
 NO_DROPOUT = {key: 0.0 for key in ("embedding_dropout_prob", "hidden_dropout_prob", "time_dropout_prob",
-                                   "attn_dropout_prob", "dropout_prob")}
+                                   "attn_dropout_prob", "dropout_prob", "adaptor_dropout_prob",
+                                   "retriever_dropout_prob", "item_drop_ratio")}
 
 
 def setup(model_name, checkpoint_dir, dataset="scientific_mm", **overrides):
@@ -54,15 +56,18 @@ def step(model_name, checkpoint_dir):
     trainer = NAdamTrainer(config, model)
     batch = next(iter(train))
     trainer._train_epoch([batch], 0)
+    every_rank = [None] * distributed.world_size()
+    torch.distributed.all_gather_object(every_rank, [p.detach().clone() for p in model.parameters()])
     if not distributed.is_main():
         return None
+    ranks_agree = all(torch.equal(p, q) for other in every_rank[1:] for p, q in zip(every_rank[0], other))
     optimizer = trainer._build_optimizer(params=reference.parameters())
     loss = reference.calculate_loss(batch)
     (sum(loss) if isinstance(loss, tuple) else loss).backward()
     optimizer.step()
     moved = [float((p - q).abs().max().detach()) for p, q in zip(model.parameters(), reference.parameters())]
     stepped = [float((p - q).abs().max().detach()) for p, q in zip(reference.parameters(), start.parameters())]
-    return {"rows": len(batch), "max_difference": max(moved), "parameters": len(moved),
+    return {"rows": len(batch), "max_difference": max(moved), "parameters": len(moved), "ranks_agree": ranks_agree,
             "parameters_moved": sum(s > 0 for s in stepped), "largest_move": max(stepped)}
 
 

@@ -121,8 +121,9 @@ def test_tim4rec_runs_the_authors_settings(scientific):
     assert model.time_dropout.p == 0.4
     for layer in model.layers:
         scale = layer.ssm.time_step.scale
-        assert isinstance(scale[-1], torch.nn.Identity)
-        assert scale[0].p == 0.0 and layer.ssm.time_gate.gate[0].p == 0.0
+        assert isinstance(scale[-1], torch.nn.Identity) and scale[0].p == 0.0
+    assert all(layer.ssm.time_gate.gate[0].p == 0.0 for layer in model.layers[:-1])
+    assert model.layers[-1].ssm.time_gate is None  # its delta' would have no next layer: no dead weights
 
 
 @pytest.mark.parametrize("p2p_residual, gates", [(True, 20), (False, 1)])
@@ -130,7 +131,8 @@ def test_p2p_residual_switches_the_gate_shape(scientific, test_batch, p2p_residu
     model = build("TiM4Rec", scientific[1], p2p_residual=p2p_residual)
     length = model.max_seq_length
     assert length == 20
-    for layer in model.layers:
+    assert len(model.layers) == 2
+    for layer in model.layers[:-1]:
         assert layer.ssm.time_gate.gate[1].weight.shape == (gates, length)
     delta = torch.randn(3, model.n_heads, length)
     assert model.layers[0].ssm.time_gate.gate(delta).shape == (3, model.n_heads, gates)

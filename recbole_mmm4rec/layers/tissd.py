@@ -70,7 +70,7 @@ class TiSSD(nn.Module):
     """Time-aware SSD block (MMM4Rec eqs. 3-9).
 
     x [B, L, D], delta [B, H, L] (None when time is off), mask [B, L] ->
-    (y [B, L, D], delta' [B, H, L] or None).
+    (y [B, L, D], delta' [B, H, L] or None: also without time gate).
     in_proj D -> [z (E), x (E), B (G*N), C (G*N), dt (H)]; causal conv + SiLU over [x, B, C];
     dt <- dt * delta_c (time-aware); then the SSD mixer.
     """
@@ -88,7 +88,9 @@ class TiSSD(nn.Module):
                 self.n_heads, max_len, config["d_conv"], dropout, config["time_scale_activation"]
             )
             per_position = "p2p_residual" in config and bool(config["p2p_residual"])  # absent: False
-            self.time_gate = TimeGate(max_len, dropout, config["norm_eps"], per_position)
+            # TiM4Rec's last layer has no next layer to hand delta' to (``hands_on_time: False``): no gate
+            hands_on = "hands_on_time" not in config or bool(config["hands_on_time"])  # absent: True
+            self.time_gate = TimeGate(max_len, dropout, config["norm_eps"], per_position) if hands_on else None
 
     def forward(self, x, delta, mask):
         z, xbc, dt_raw = torch.split(
@@ -98,7 +100,7 @@ class TiSSD(nn.Module):
         if delta is not None:
             delta_c = self.time_step(delta)  # [B, H, L]
             dt_raw = dt_raw * delta_c.transpose(1, 2)  # [B, L, H]
-            delta = self.time_gate(delta, delta_c, mask)
+            delta = self.time_gate(delta, delta_c, mask) if self.time_gate is not None else None
         return self.mixer(x_ssm, dt_raw, B, C, z), delta
 
 

@@ -83,7 +83,9 @@ class SSMRecommender(SequentialRecommender):
         self.item_embedding = nn.Embedding(self.n_items, hidden, padding_idx=0)
         self.embedding_dropout = nn.Dropout(config["dropout_prob"])
         self.embedding_norm = nn.LayerNorm(hidden, eps=eps)
-        self.layers = nn.ModuleList(SSMLayer(self.BLOCK, layer_config) for _ in range(config["num_layers"]))
+        depth = config["num_layers"]  # the last layer's time signal has no next layer: it builds no time gate
+        self.layers = nn.ModuleList(SSMLayer(self.BLOCK, {**layer_config, "hands_on_time": i + 1 < depth})
+                                    for i in range(depth))
         if self.TIME_AWARE:
             # The raw time differences get dropout_prob, as the authors' code (time_dropout_prob is the
             # dropout inside the time path, their time_drop_out).

@@ -17,8 +17,9 @@ untrained 64-d model's scores by at most 5e-8 (of scores up to 1.5; measured in 
 Differences from the authors' code: the time differences are zeroed on padding and normalised over real
 positions only (``layers/time.py``; theirs normalise over all L positions, so padding leaks into the time
 path), SiLU on every causal conv (their released configs fall back to Hardswish: with 4 heads their code
-takes the nn.Conv1d path), the residual around the SSD block is kept with one layer (no effect at the
-default two), the FFN's LayerNorm uses ``norm_eps`` (theirs keeps 1e-12 there), and histories are 20
+takes the nn.Conv1d path), the last layer builds no time gate (the time signal it would hand on has no
+next layer; theirs is built and never trained), the residual around the SSD block is kept with one layer
+(no effect at the default two), the FFN's LayerNorm uses ``norm_eps`` (theirs keeps 1e-12 there), and histories are 20
 items long (this package's protocol, ``overall.yaml``; theirs 50 on Amazon, so their time MLPs are 50 x 50).
 """
 
