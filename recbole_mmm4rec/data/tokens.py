@@ -39,13 +39,10 @@ and git-ignored, like the resume parts ``<dataset>.tokens.npz.parts/`` of an int
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -65,11 +62,11 @@ from recbole_mmm4rec.data.features import (
     read_features,
     split_arrays,
 )
+from recbole_mmm4rec.data.on_demand import encode_text_script
 
 TOKENS_SUFFIX = ".tokens.npz"
 LENGTHS_SUFFIX = "_lengths"
 DEFAULT_MAX_TEXT_TOKENS = 32  # text tokens kept per item, [CLS] and [SEP] included
-ENCODE_TEXT = Path(__file__).resolve().parents[2] / "feature_extraction" / "encode_text.py"
 HOW_TO_MAKE = "python feature_extraction/encode_text.py FOLDER --tokens (README.md, 'Token-level features')"
 
 
@@ -306,21 +303,6 @@ def align_tokens(
 # ----------------------------------------------------------------------------- build and load
 
 
-def _encode_text_script():
-    """``feature_extraction/encode_text.py`` (a script, not a package module), loaded once from its path."""
-    module = sys.modules.get("encode_text")
-    if module is not None and Path(getattr(module, "__file__", "")).resolve() == ENCODE_TEXT:
-        return module
-    if not ENCODE_TEXT.is_file():
-        raise FeatureFileError(f"Cannot build text tokens: {ENCODE_TEXT} is not there (it ships with the source "
-                               "checkout); make the token file with that script and put it next to the atomic files")
-    spec = importlib.util.spec_from_file_location("encode_text", ENCODE_TEXT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["encode_text"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def ensure_text_tokens(folder: str, max_tokens: int = DEFAULT_MAX_TEXT_TOKENS, log: Callable = print) -> str:
     """Build the text tokens of ``folder`` unless its token file already has them for exactly its items.
 
@@ -329,7 +311,7 @@ def ensure_text_tokens(folder: str, max_tokens: int = DEFAULT_MAX_TEXT_TOKENS, l
     run resumes). Up to date = a ``text`` entry with ``max_tokens`` positions for exactly the
     items of ``NAME.item``. Returns the token file's path.
     """
-    encode_text = _encode_text_script()
+    encode_text = encode_text_script("text tokens")
     try:
         encode_text.encode_tokens_dataset(folder, max_tokens=max_tokens, log=log)
     except encode_text.EncodeError as err:

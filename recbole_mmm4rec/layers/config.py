@@ -82,6 +82,7 @@ def check_training_config(config):
     require_positive_int(config, name, "epochs", "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH",
                          "accumulation_steps")
     require_positive_number(config, name, "learning_rate", "ddp_timeout")
+    require_bool(config, name, "build_text_features")
     if not _is_int(config["stopping_step"]) or config["stopping_step"] < 0:
         raise ValueError(f"{name}: stopping_step must be an integer >= 0, got {config['stopping_step']!r}")
     weight_decay = config["weight_decay"]
