@@ -159,7 +159,8 @@ def _command_line_value(key):
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
     """Train on the train split, select on valid, evaluate on test: RecBole's ``run_recbole`` flow.
 
-    Returns RecBole's result dict plus ``epochs``, ``fit_seconds``, ``test_seconds``, ``saved_model_file``,
+    ``epochs: 0`` trains nothing: the model as built (with ``pretrained``, the zero-shot transfer) is
+    evaluated on valid and test. Returns RecBole's result dict plus ``epochs``, ``fit_seconds``, ``test_seconds``, ``saved_model_file``,
     ``parameters`` (trainable) and ``history`` (per epoch: train seconds, loss, validation result; for every
     trainer, ours and RecBole's, see ``recbole_mmm4rec.history``).
     """
@@ -194,9 +195,13 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     trainer = with_history(trainer_class)(config, model)
 
     start = perf_counter()
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
+    if config["epochs"]:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+    else:  # epochs: 0 evaluates the model as built (with `pretrained`: the zero-shot transfer)
+        saved, best_valid_result = False, trainer.evaluate(valid_data, load_best_model=False)
+        best_valid_score = best_valid_result[config["valid_metric"].lower()]
     fit_seconds = perf_counter() - start
     start = perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
@@ -255,6 +260,8 @@ def pretrain(datasets, config_file_list=None, config_dict=None, resume=False, mo
     for name in datasets:
         config = configs[name] = build_config(model, name, files, config_dict)
         if name == datasets[0]:
+            if config["epochs"] < 1:
+                raise ValueError("--stage=pretrain: epochs must be at least 1 (epochs: 0 evaluates a fine-tuning run)")
             run_dir = pretrain_run_dir(config, model, datasets)
             check_run_dir(run_dir, resume, overwrite)
             distributed.init_logger(config)

@@ -29,7 +29,7 @@ BAD_VALUES = [
     ("MMM4Rec", {"time_aware": "yes"}, "time_aware must be True or False"),
     ("MMM4Rec", {"head_dim": 48}, "head_dim = 48 must divide hidden_size * expand = 512"),
     ("MMM4Rec", {"n_groups": 3}, "n_groups = 3 must divide the number of heads"),
-    ("MMM4Rec", {"epochs": 0}, "MMM4Rec: epochs must be a positive integer, got 0"),
+    ("MMM4Rec", {"epochs": -1}, "MMM4Rec: epochs must be an integer >= 0 (0: evaluate without training), got -1"),
     ("MMM4Rec", {"train_batch_size": "big"}, "train_batch_size must be a positive integer, got 'big'"),
     ("MMM4Rec", {"learning_rate": -0.1}, "learning_rate must be a number > 0"),
     ("SASRec", {"ddp_timeout": 0}, "ddp_timeout must be a number > 0"),

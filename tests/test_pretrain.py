@@ -164,3 +164,15 @@ def test_transfer_report_writes_table_json_and_plot(pretrained, domains, tmp_pat
     assert "| pre-trained | " in report and "| from scratch | " in report
     assert (tmp_path / "report" / "valid_ndcg.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summaries["pre-trained"]["curve"] != summaries["from scratch"]["curve"]
+
+
+def test_epochs_0_evaluates_the_pretrained_encoder_zero_shot(pretrained, domains, tmp_path):
+    """epochs: 0 trains nothing: the pre-trained encoder is scored on the target as it is, above the
+    untrained model (which already ranks by text similarity: 0.063 here, vs 0.081 pre-trained)."""
+    settings = _settings(domains, tmp_path, epochs=0, item_modality_bias=False)
+    zero_shot = recbole_mmm4rec.run("MMM4Rec", "sci_b", config_dict={
+        **settings, "pretrained": os.path.join(pretrained[1], "best.pth")})
+    untrained = recbole_mmm4rec.run("MMM4Rec", "sci_b", config_dict=settings)
+    assert zero_shot["history"] == [] and zero_shot["epochs"] == 0 and zero_shot["saved_model_file"] is None
+    assert zero_shot["best_valid_result"]["ndcg@10"] > 0
+    assert zero_shot["test_result"]["ndcg@10"] > 1.15 * untrained["test_result"]["ndcg@10"]

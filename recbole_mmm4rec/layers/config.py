@@ -79,8 +79,11 @@ def check_training_config(config):
     """The training and evaluation keys every model reads (ours and RecBole's), and the size keys set."""
     name = config["model"]
     require_positive_int(config, name, *(key for key in SIZE_KEYS if config[key] is not None))
-    require_positive_int(config, name, "epochs", "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH",
+    require_positive_int(config, name, "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH",
                          "accumulation_steps")
+    if not _is_int(config["epochs"]) or config["epochs"] < 0:
+        raise ValueError(f"{name}: epochs must be an integer >= 0 (0: evaluate without training), "
+                         f"got {config['epochs']!r}")
     require_positive_number(config, name, "learning_rate", "ddp_timeout")
     require_bool(config, name, "build_text_features")
     if not _is_int(config["stopping_step"]) or config["stopping_step"] < 0:
