@@ -1,11 +1,17 @@
-"""Convergence report of one transfer: fine-tuning from a pre-trained encoder vs training from scratch.
+"""Transfer reports: a whole study from one spec file, or one pre-trained-vs-scratch comparison.
+
+    python -m recbole_mmm4rec.transfer_report reports/transfer.yaml [--out DIR] [--report-only] [--jobs N]
+
+runs a transfer study (``recbole_mmm4rec/benchmark/transfer.py``): pre-trains the spec's encoders, trains its
+fine-tuning / from-scratch / zero-shot rows over targets × seeds (the benchmark runner: resumable cell by cell)
+and writes the transfer report into ``DIR`` (default: ``reports/<spec name>/`` next to the spec).
 
     python -m recbole_mmm4rec.transfer_report --dataset=office --pretrained=PATH/best.pth \\
         [--config_files="a.yaml"] [--out=reports/transfer-office] [--key=value ...]
 
-Both runs use the same configuration, seed and split (RecBole's full-ranking evaluation); only the
-encoder's starting point differs. Writes ``report.md`` (epochs to the best validation NDCG@10, seconds
-per epoch, best test metrics), ``valid_ndcg.png`` (validation NDCG@10 per epoch of both runs) and
+compares one fine-tuning run from a pre-trained encoder with one from scratch: same configuration, seed and
+split (RecBole's full-ranking evaluation), only the encoder's starting point differs. Writes ``report.md``
+(epochs to the best validation NDCG@10, seconds per epoch, best test metrics), ``valid_ndcg.png`` and
 ``report.json`` (every epoch of both runs) to ``--out``.
 """
 
@@ -13,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from recbole_mmm4rec.quick_start import run
 
@@ -74,11 +81,21 @@ def plot(summaries, dataset, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--pretrained", required=True, help="a --stage=pretrain checkpoint (best.pth)")
+    parser.add_argument("spec", nargs="?", help="a transfer study's spec file (e.g. reports/transfer.yaml)")
+    parser.add_argument("--report-only", action="store_true", help="spec: only rewrite the report from finished runs")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="spec: fine-tuning cells run at once")
+    parser.add_argument("--encoder", nargs=2, metavar=("LABEL", "TARGET"),
+                        help="spec: pre-train one encoder here (what the study starts for each)")
+    parser.add_argument("--dataset", help="one comparison: the target dataset")
+    parser.add_argument("--pretrained", help="one comparison: a --stage=pretrain checkpoint (best.pth)")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
-    parser.add_argument("--out", default=None, help="report folder (default reports/transfer-<dataset>)")
+    parser.add_argument("--out", default=None, help="report folder (default reports/<spec name> or "
+                                                    "reports/transfer-<dataset>)")
     args, overrides = parser.parse_known_args(argv)
+    if args.spec:
+        return study(parser, args, overrides)
+    if not args.dataset or not args.pretrained:
+        parser.error("give a spec file, or --dataset and --pretrained for one comparison")
     if not os.path.isfile(args.pretrained):
         parser.error(f"--pretrained: no checkpoint at {args.pretrained}")
     sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads the --key=value overrides from here
@@ -97,6 +114,34 @@ def main(argv=None):
     return summaries
 
 
+def study(parser, args, overrides):
+    """A transfer study from its spec: encoders, then cells, then the report (see ``benchmark/transfer.py``)."""
+    from recbole_mmm4rec.benchmark import SpecError, load
+    from recbole_mmm4rec.benchmark.__main__ import run_all
+    from recbole_mmm4rec.benchmark.report import write_reports
+    from recbole_mmm4rec.benchmark.transfer import pretrain_encoders, pretrain_one, write_transfer_report
+
+    if overrides:
+        parser.error(f"with a spec file every setting is in the file; unknown arguments {' '.join(overrides)}")
+    try:
+        bench = load(args.spec)
+    except SpecError as error:
+        parser.error(str(error))
+    if args.encoder:
+        label, target = args.encoder
+        if (label, target) not in [(l, t) for l in bench.pretrain or {} for t in bench.pretrain[l]["corpus"]]:
+            parser.error(f"--encoder {label} {target}: not an encoder of {bench.path}")
+        pretrain_one(bench, label, target)
+        return 0
+    out = Path(args.out) if args.out else bench.path.parent / bench.name
+    failed = 0
+    if not args.report_only:
+        failed = pretrain_encoders(bench) + run_all(bench, out, jobs=args.jobs)
+    for path in write_reports(bench, out) + write_transfer_report(bench, out):
+        print(f"written: {path}")
+    return 1 if failed else 0
+
+
 def render(out):
     """``report.md`` and ``valid_ndcg.png`` from ``report.json`` in the folder ``out``."""
     with open(os.path.join(out, "report.json")) as f:
@@ -110,4 +155,5 @@ def render(out):
 
 
 if __name__ == "__main__":
-    main()
+    status = main()
+    sys.exit(status if isinstance(status, int) else 0)  # one comparison returns its summaries

@@ -137,6 +137,8 @@ def _train(model, dataset, settings):
     files = [str(resolve(f)) for f in settings["config_files"]]
     with tempfile.TemporaryDirectory(prefix="benchmark-checkpoint-") as checkpoints:
         config = {**settings["config"], "checkpoint_dir": checkpoints, "show_progress": False}
+        if config.get("pretrained"):  # a transfer row's encoder, from the project root like the config files
+            config["pretrained"] = str(resolve(config["pretrained"]))
         result = run(model, dataset, files, config, saved=True)  # saved: the test uses the best epoch
     return summarise(result)
 

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import yaml
 
-from recbole_mmm4rec.quick_start import PROJECT_ROOT, PROPERTIES, check_model_name
+from recbole_mmm4rec.quick_start import PRETRAINABLE, PROJECT_ROOT, PROPERTIES, check_model_name
 
 TABLE_METRICS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50")
-TOP_LEVEL_KEYS = ("description", "models", "datasets", "seeds", "config", "model_config", "variants", "reference")
+TOP_LEVEL_KEYS = ("description", "models", "datasets", "seeds", "config", "model_config", "variants", "reference",
+                  "pretrain", "encoders_dir")
+VARIANT_KEYS = ("model", "config_files", "config", "pretrained", "compare_to")
 VARIANT_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # also a folder name of the results
 PER_CELL_KEYS = ("model", "dataset", "seed")  # the runner sets these for every cell
 BUDGET_KEYS = ("epochs", "stopping_step")  # one budget per dataset, the same for every model
@@ -36,6 +38,10 @@ class Benchmark:
     reference: dict  # dataset -> {"source": str, "models": {label: {metric: value}}}
     description: str = ""
     variants: dict = None  # row label -> the model it runs (a variant's settings are in model_config)
+    pretrain: dict = None  # encoder label -> {"model", "corpus": {target: [datasets]}, "config_files", "config"}
+    pretrained: dict = None  # row label -> the encoder label it fine-tunes from (a variant's `pretrained`)
+    compare_to: dict = None  # row label -> its from-scratch row (transfer report: epochs to its best)
+    encoders_dir: Path = None  # where ``pretrain``'s encoders go (default ``pretrained/<name>/``)
 
     def model_of(self, label):
         """The model a row of ``models`` trains: itself, or the model of the variant of that label."""
@@ -56,12 +62,23 @@ class Benchmark:
         return [(m, d, s) for s in self.seeds for d in self.datasets for m in self.models]
 
     def settings(self, model, dataset, seed):
-        """What ``run()`` gets for this cell. Later wins: common config < dataset budget < model config < seed."""
+        """What ``run()`` gets for this cell. Later wins: common config < dataset budget < model config < seed;
+        a row with ``pretrained`` fine-tunes from that encoder's checkpoint for this dataset."""
         per_model = self.model_config.get(model, {})
-        return {
-            "config_files": list(per_model.get("config_files", [])),
-            "config": {**self.config, **self.datasets[dataset], **per_model.get("config", {}), "seed": seed},
-        }
+        config = {**self.config, **self.datasets[dataset], **per_model.get("config", {}), "seed": seed}
+        if model in (self.pretrained or {}):  # from the project root when inside it, as the config files
+            config["pretrained"] = _portable(self.encoder_checkpoint(self.pretrained[model], dataset))
+        return {"config_files": list(per_model.get("config_files", [])), "config": config}
+
+    def encoder_dir(self, label, target):
+        """The checkpoint_dir of encoder ``label`` pre-trained for ``target``: ``<encoders_dir>/<label>-for-<target>/``."""
+        return (self.encoders_dir or PROJECT_ROOT / "pretrained" / self.name) / f"{label}-for-{target}"
+
+    def encoder_checkpoint(self, label, target):
+        """Its ``best.pth`` (in the run folder that ``--stage=pretrain`` makes inside ``encoder_dir``)."""
+        entry = self.pretrain[label]
+        run = f"{entry['model']}-pretrain-" + "+".join(sorted(entry["corpus"][target]))  # quick_start.pretrain_run_dir
+        return self.encoder_dir(label, target) / run / "best.pth"
 
 
 def load(path):
@@ -76,6 +93,7 @@ def load(path):
             raise SpecError(path, key, "required")
     variants = _variants(path, raw.get("variants") or {})
     models = _models(path, raw["models"], variants)
+    pretrain = _pretrain(path, raw.get("pretrain") or {})
     config = _overrides(path, "config", raw.get("config") or {}, forbidden=PER_CELL_KEYS + BUDGET_KEYS)
     datasets = {name: _dataset(path, name, budget, config)
                 for name, budget in _mapping(path, "datasets", raw["datasets"], non_empty=True).items()}
@@ -90,7 +108,17 @@ def load(path):
         reference=_reference(path, raw.get("reference") or {}, datasets),
         description=str(raw.get("description") or ""),
         variants={label: v["model"] for label, v in variants.items()},
+        pretrain=pretrain,
+        pretrained=_pretrained_rows(path, variants, pretrain, datasets),
+        compare_to=_compare_to(path, variants, models),
+        encoders_dir=_encoders_dir(path, raw.get("encoders_dir")),
     )
+
+
+def _portable(path):
+    """``path`` relative to the project root when it is inside it (a cell's settings then hold in any clone)."""
+    path = Path(path)
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def resolve(path_text):
@@ -202,7 +230,11 @@ def _variants(path, value):
         if not isinstance(label, str) or not VARIANT_LABEL.match(label):
             raise SpecError(path, field, "a label of letters, digits and _.+- (it names a results folder)")
         entry = dict(_mapping(path, field, entry or {}))
+        unknown = sorted(set(entry) - set(VARIANT_KEYS))
+        if unknown:
+            raise SpecError(path, f"{field}.{unknown[0]}", f"unknown key (allowed: {', '.join(VARIANT_KEYS)})")
         model = entry.pop("model", None)
+        links = {key: entry.pop(key) for key in ("pretrained", "compare_to") if key in entry}
         if not isinstance(model, str):
             raise SpecError(path, f"{field}.model", f"required: the model this variant trains, got {model!r}")
         try:
@@ -212,9 +244,77 @@ def _variants(path, value):
         try:
             check_model_name(label)
         except ValueError:
-            result[label] = {"model": model, "settings": entry}
+            result[label] = {"model": model, "settings": entry, **links}
             continue
         raise SpecError(path, field, f"{label!r} is a model's name: give the variant another label")
+    return result
+
+
+def _pretrain(path, value):
+    """``pretrain: {label: {model: MMM4Rec, corpus: {target: [datasets]}, config_files, config}}``: encoders
+    pre-trained (``--stage=pretrain``) once per target on that target's corpus, for variants to fine-tune from."""
+    _mapping(path, "pretrain", value)
+    result = {}
+    for label, entry in value.items():
+        field = f"pretrain.{label}"
+        if not isinstance(label, str) or not VARIANT_LABEL.match(label):
+            raise SpecError(path, field, "a label of letters, digits and _.+- (it names a folder)")
+        entry = dict(_mapping(path, field, entry))
+        unknown = sorted(set(entry) - {"model", "corpus", "config_files", "config"})
+        if unknown:
+            raise SpecError(path, f"{field}.{unknown[0]}", "unknown key (allowed: model, corpus, config_files, config)")
+        if entry.get("model") not in PRETRAINABLE:
+            raise SpecError(path, f"{field}.model", f"one of {', '.join(PRETRAINABLE)}, got {entry.get('model')!r}")
+        corpus = _mapping(path, f"{field}.corpus", entry.get("corpus"), non_empty=True)
+        for target, datasets in corpus.items():
+            names = _unique_list(path, f"{field}.corpus.{target}", datasets, str)
+            for name in names:
+                folder = resolve((entry.get("config") or {}).get("data_path") or _default_data_path()) / name
+                if not (folder / f"{name}.inter").is_file():
+                    raise SpecError(path, f"{field}.corpus.{target}", f"no dataset folder with {name}.inter at {folder}")
+        files = _config_files(path, f"{field}.config_files", entry.get("config_files") or [])
+        config = _overrides(path, f"{field}.config", entry.get("config") or {}, forbidden=("model", "dataset"))
+        result[label] = {"model": entry["model"], "corpus": {t: list(d) for t, d in corpus.items()},
+                         "config_files": files, "config": config}
+    return result
+
+
+def _pretrained_rows(path, variants, pretrain, datasets):
+    """Row label -> encoder label; the encoder is of the row's model and pre-trained for every dataset."""
+    result = {}
+    for label, variant in variants.items():
+        if "pretrained" not in variant:
+            continue
+        field, encoder = f"variants.{label}.pretrained", variant["pretrained"]
+        if encoder not in pretrain:
+            raise SpecError(path, field, f"{encoder!r} is not in pretrain ({', '.join(pretrain) or 'empty'})")
+        if pretrain[encoder]["model"] != variant["model"]:
+            raise SpecError(path, field, f"{encoder} pre-trains {pretrain[encoder]['model']}, this row trains "
+                                         f"{variant['model']}")
+        missing = [d for d in datasets if d not in pretrain[encoder]["corpus"]]
+        if missing:
+            raise SpecError(path, field, f"{encoder} has no corpus for {', '.join(missing)} (pretrain.{encoder}.corpus)")
+        result[label] = encoder
+    return result
+
+
+def _encoders_dir(path, value):
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(path, "encoders_dir", f"a folder (relative: from the project root), got {value!r}")
+    folder = Path(value).expanduser()
+    return folder if folder.is_absolute() else PROJECT_ROOT / folder
+
+
+def _compare_to(path, variants, models):
+    result = {}
+    for label, variant in variants.items():
+        if "compare_to" in variant:
+            other = variant["compare_to"]
+            if other not in models or other == label:
+                raise SpecError(path, f"variants.{label}.compare_to", f"another row of models, got {other!r}")
+            result[label] = other
     return result
 
 
@@ -229,15 +329,22 @@ def _model_config(path, value, models, section="model_config"):
         unknown = sorted(set(entry) - {"config_files", "config"})
         if unknown:
             raise SpecError(path, f"{field}.{unknown[0]}", "unknown key (allowed: config_files, config)")
-        files = entry.get("config_files") or []
-        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-            raise SpecError(path, f"{field}.config_files", f"expected a list of yaml paths, got {files!r}")
-        for i, file in enumerate(files):
-            if not resolve(file).is_file():
-                raise SpecError(path, f"{field}.config_files[{i}]", f"no file {file} (nor {resolve(file)})")
-        config = _overrides(path, f"{field}.config", entry.get("config") or {}, forbidden=PER_CELL_KEYS + BUDGET_KEYS)
-        result[model] = {"config_files": files, "config": config}
+        files = _config_files(path, f"{field}.config_files", entry.get("config_files") or [])
+        config = dict(entry.get("config") or {})
+        zero_shot = section == "variants" and config.get("epochs") == 0  # a row evaluated without training
+        config = _overrides(path, f"{field}.config", {k: v for k, v in config.items() if not (zero_shot and k == "epochs")},
+                            forbidden=PER_CELL_KEYS + BUDGET_KEYS)
+        result[model] = {"config_files": files, "config": {**config, **({"epochs": 0} if zero_shot else {})}}
     return result
+
+
+def _config_files(path, field, files):
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise SpecError(path, field, f"expected a list of yaml paths, got {files!r}")
+    for i, file in enumerate(files):
+        if not resolve(file).is_file():
+            raise SpecError(path, f"{field}[{i}]", f"no file {file} (nor {resolve(file)})")
+    return files
 
 
 def _reference(path, value, datasets):
