@@ -14,6 +14,11 @@ The benchmark file::
       MMM4Rec: {config_files: [properties/quick_cpu.yaml], config: {hidden_size: 64}}
     variants:                                                     # optional: more rows of one model
       MMM4Rec-time-off: {model: MMM4Rec, config_files: [properties/quick_cpu.yaml], config: {time_aware: False}}
+    pretrain:                                                     # optional: encoders for transfer rows
+      MMM4Rec: {model: MMM4Rec, corpus: {scientific_mm: [office]}, config: {epochs: 10}}
+    # ... and then variants may fine-tune from them: {model: MMM4Rec, pretrained: MMM4Rec, compare_to: MMM4Rec}
+    # (a variant's config may also set epochs: 0, evaluated without training); the transfer study command
+    # (python -m recbole_mmm4rec.transfer_report, benchmark/transfer.py) pre-trains them first
     reference:                                                    # optional: published figures, "(paper)" rows
       scientific_mm:
         source: MMM4Rec paper, Table II (its Scientific is the full domain, not this subset)
