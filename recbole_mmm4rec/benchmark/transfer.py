@@ -16,6 +16,7 @@
 """
 
 import csv
+import fcntl
 import json
 import statistics
 import subprocess
@@ -61,6 +62,16 @@ def pretrain_one(bench, label, target):
 
     entry, folder = bench.pretrain[label], bench.encoder_dir(label, target)
     folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:  # two studies sharing an encoder never train it at once
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"{folder} is being pre-trained by another process; run this study after it") from None
+        _pretrain_locked(bench, label, target, pretrain)
+
+
+def _pretrain_locked(bench, label, target, pretrain):
+    entry, folder = bench.pretrain[label], bench.encoder_dir(label, target)
     started, settings = folder / "settings.json", _as_json(entry)
     last = bench.encoder_checkpoint(label, target).with_name("last.pth")
     resume = last.is_file() and started.is_file() and json.loads(started.read_text()) == settings
