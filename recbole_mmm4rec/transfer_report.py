@@ -92,6 +92,8 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="report folder (default reports/<spec name> or "
                                                     "reports/transfer-<dataset>)")
     args, overrides = parser.parse_known_args(argv)
+    if args.spec and args.spec.startswith("-"):  # argparse takes an unknown "--key=a b" (with a space) as positional
+        overrides, args.spec = [args.spec, *overrides], None
     if args.spec:
         return study(parser, args, overrides)
     if not args.dataset or not args.pretrained:
