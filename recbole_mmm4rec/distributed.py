@@ -139,7 +139,7 @@ class TrainingLoss(torch.nn.Module):
 
 
 _gather_group = None
-_share = None  # (rows of the global batch, this rank's rows) while a share is trained: ``sharded``
+_share = None  # (rows of the global batch, this rank's rows, the rows it trains) while a share is trained
 
 
 @contextlib.contextmanager
@@ -152,10 +152,10 @@ def sharded(interaction):
     global _share
     n, size = len(interaction), world_size()
     rows = torch.arange(rank(), n, size)
-    weight = size * len(rows) / n
-    _share = (n, rows)
+    trained = rows if len(rows) else torch.zeros(1, dtype=torch.long)
+    _share = (n, rows, trained)
     try:
-        yield interaction[rows if len(rows) else torch.zeros(1, dtype=torch.long)], weight
+        yield interaction[trained], size * len(rows) / n
     finally:
         _share = None
 
@@ -166,7 +166,7 @@ def gather_batch(tensor):
     Outside a sharded step (one process, evaluation) the tensor itself."""
     if _share is None:
         return tensor
-    n, rows = _share
+    n, rows, _ = _share
     size, longest = world_size(), -(-n // world_size())
     padded = torch.cat([tensor[:len(rows)], tensor.new_zeros((longest - len(rows), *tensor.shape[1:]))])
     every = _AllGather.apply(padded)  # [W, longest, ...]: rank r's i-th row is global row r + i * W
@@ -177,8 +177,7 @@ def batch_positions(count, device):
     """The global batch rows of this rank's ``count`` rows (0 .. count - 1 outside a sharded step)."""
     if _share is None:
         return torch.arange(count, device=device)
-    rows = _share[1]
-    return (rows if len(rows) else torch.zeros(1, dtype=torch.long)).to(device)
+    return _share[2].to(device)
 
 
 class _AllGather(torch.autograd.Function):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from recbole_mmm4rec.quick_start import PRETRAINABLE, PROJECT_ROOT, PROPERTIES, check_model_name
+from recbole_mmm4rec.quick_start import PRETRAINABLE, PROJECT_ROOT, PROPERTIES, check_model_name, pretrain_run_dir
 
 TABLE_METRICS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50")
 TOP_LEVEL_KEYS = ("description", "models", "datasets", "seeds", "config", "model_config", "variants", "reference",
@@ -77,8 +77,8 @@ class Benchmark:
     def encoder_checkpoint(self, label, target):
         """Its ``best.pth`` (in the run folder that ``--stage=pretrain`` makes inside ``encoder_dir``)."""
         entry = self.pretrain[label]
-        run = f"{entry['model']}-pretrain-" + "+".join(sorted(entry["corpus"][target]))  # quick_start.pretrain_run_dir
-        return self.encoder_dir(label, target) / run / "best.pth"
+        folder = {"checkpoint_dir": str(self.encoder_dir(label, target))}
+        return Path(pretrain_run_dir(folder, entry["model"], entry["corpus"][target])) / "best.pth"
 
 
 def load(path):
@@ -205,11 +205,15 @@ def _dataset(path, name, budget, config):
         raise SpecError(path, f"{field}.epochs", f"required, a positive integer (the budget), got {epochs!r}")
     if not _integer(stopping, minimum=0):
         raise SpecError(path, f"{field}.stopping_step", f"required, an integer >= 0, got {stopping!r}")
-    data_path = budget.get("data_path") or config.get("data_path") or _default_data_path()
+    _check_dataset_folder(path, field, name, budget.get("data_path") or config.get("data_path"))
+    return budget
+
+
+def _check_dataset_folder(path, field, name, data_path):
+    data_path = data_path or _default_data_path()
     folder = resolve(data_path) / name
     if not (folder / f"{name}.inter").is_file():
         raise SpecError(path, field, f"no dataset folder with {name}.inter at {folder} (data_path: {data_path})")
-    return budget
 
 
 def _integer(value, minimum):
@@ -267,11 +271,8 @@ def _pretrain(path, value):
             raise SpecError(path, f"{field}.model", f"one of {', '.join(PRETRAINABLE)}, got {entry.get('model')!r}")
         corpus = _mapping(path, f"{field}.corpus", entry.get("corpus"), non_empty=True)
         for target, datasets in corpus.items():
-            names = _unique_list(path, f"{field}.corpus.{target}", datasets, str)
-            for name in names:
-                folder = resolve((entry.get("config") or {}).get("data_path") or _default_data_path()) / name
-                if not (folder / f"{name}.inter").is_file():
-                    raise SpecError(path, f"{field}.corpus.{target}", f"no dataset folder with {name}.inter at {folder}")
+            for name in _unique_list(path, f"{field}.corpus.{target}", datasets, str):
+                _check_dataset_folder(path, f"{field}.corpus.{target}", name, (entry.get("config") or {}).get("data_path"))
         files = _config_files(path, f"{field}.config_files", entry.get("config_files") or [])
         config = _overrides(path, f"{field}.config", entry.get("config") or {}, forbidden=("model", "dataset"))
         result[label] = {"model": entry["model"], "corpus": {t: list(d) for t, d in corpus.items()},
@@ -332,9 +333,10 @@ def _model_config(path, value, models, section="model_config"):
         files = _config_files(path, f"{field}.config_files", entry.get("config_files") or [])
         config = dict(entry.get("config") or {})
         zero_shot = section == "variants" and config.get("epochs") == 0  # a row evaluated without training
-        config = _overrides(path, f"{field}.config", {k: v for k, v in config.items() if not (zero_shot and k == "epochs")},
-                            forbidden=PER_CELL_KEYS + BUDGET_KEYS)
-        result[model] = {"config_files": files, "config": {**config, **({"epochs": 0} if zero_shot else {})}}
+        if zero_shot:
+            del config["epochs"]
+        config = _overrides(path, f"{field}.config", config, forbidden=PER_CELL_KEYS + BUDGET_KEYS)
+        result[model] = {"config_files": files, "config": {**config, "epochs": 0} if zero_shot else config}
     return result
 
 

@@ -67,23 +67,18 @@ def pretrain_one(bench, label, target):
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SystemExit(f"{folder} is being pre-trained by another process; run this study after it") from None
-        _pretrain_locked(bench, label, target, pretrain)
-
-
-def _pretrain_locked(bench, label, target, pretrain):
-    entry, folder = bench.pretrain[label], bench.encoder_dir(label, target)
-    started, settings = folder / "settings.json", _as_json(entry)
-    last = bench.encoder_checkpoint(label, target).with_name("last.pth")
-    resume = last.is_file() and started.is_file() and json.loads(started.read_text()) == settings
-    write_json_atomically(started, settings)
-    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value overrides from the command line: none here
-    history, run_dir = pretrain(entry["corpus"][target], [str(resolve(f)) for f in entry["config_files"]],
-                                {**entry["config"], "checkpoint_dir": str(folder)}, resume=resume,
-                                model=entry["model"], overwrite=not resume)
-    write_json_atomically(folder / "done.json", {
-        "settings": settings, "run_dir": str(run_dir), "epochs": len(history),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "history": [{k: h[k] for k in ("epoch", "loss", "seconds", "valid")} for h in history]})
+        started, settings = folder / "settings.json", _as_json(entry)
+        last = bench.encoder_checkpoint(label, target).with_name("last.pth")
+        resume = last.is_file() and started.is_file() and json.loads(started.read_text()) == settings
+        write_json_atomically(started, settings)
+        sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value overrides from the command line: none here
+        history, run_dir = pretrain(entry["corpus"][target], [str(resolve(f)) for f in entry["config_files"]],
+                                    {**entry["config"], "checkpoint_dir": str(folder)}, resume=resume,
+                                    model=entry["model"], overwrite=not resume)
+        write_json_atomically(folder / "done.json", {
+            "settings": settings, "run_dir": str(run_dir), "epochs": len(history),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "history": [{k: h[k] for k in ("epoch", "loss", "seconds", "valid")} for h in history]})
 
 
 # --- 3. the report --------------------------------------------------------------------------------------
@@ -99,8 +94,8 @@ def first_epoch_reaching(curve, level):
 
 def run_summary(cell, scratch_cell):
     """One run: its convergence against the scratch run of the same seed, test metrics, s/epoch."""
-    curve = _curve(cell)
-    scratch_best = max(_curve(scratch_cell)) if scratch_cell and _curve(scratch_cell) else None
+    curve, scratch_curve = _curve(cell), _curve(scratch_cell) if scratch_cell else []
+    scratch_best = max(scratch_curve) if scratch_curve else None
     reach = {f"epochs_to_{round(t * 100)}": (first_epoch_reaching(curve, t * scratch_best)
                                               if scratch_best is not None else None) for t in THRESHOLDS}
     return {"seed": cell["seed"], "zero_shot": cell["epochs_run"] == 0, "best_epoch": cell["best_epoch"],
