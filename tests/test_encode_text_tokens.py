@@ -170,3 +170,32 @@ def test_encode_clip_tokens_with_the_tiny_clip(tmp_path):
         pooled_text = torch.nn.functional.normalize(eot @ model.text_projection, dim=-1)
     np.testing.assert_allclose(pooled_image.numpy(), features.tables["image"][:2], atol=1e-2)
     np.testing.assert_allclose(pooled_text.numpy(), features.tables["text"][:2], atol=1e-2)
+
+
+def test_a_second_builder_waits_for_the_first_and_keeps_its_file(encoded, tmp_path):
+    """torchrun ranks (or parallel cells) on a fresh clone: while one process builds a folder's tokens the
+    other waits on the folder's lock, then finds the file up to date (it once raced into the same parts/)."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    _, items, _ = encoded
+    folder = make_dataset(tmp_path / "tiny", items[:3], inter_items=[a for a, _ in items[:3]])
+    messages = []
+    holder = os.open(folder, os.O_RDONLY)  # the first builder
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    second = threading.Thread(target=ensure_text_tokens, args=(str(folder),),
+                              kwargs={"max_tokens": CAP, "log": messages.append})
+    second.start()
+    for _ in range(200):
+        if any("waiting" in m for m in messages):
+            break
+        time.sleep(0.05)
+    assert any("waiting for it" in m for m in messages), messages
+    assert not os.path.exists(token_path(folder) + ".parts")  # the second did not start encoding
+    encode_text.encode_tokens_dataset(str(folder), max_tokens=CAP, log=lambda *a: None)
+    os.close(holder)
+    second.join(timeout=120)
+    assert not second.is_alive()
+    assert any("skipped" in m for m in messages) and not any("loading the text encoder" in m for m in messages)

@@ -6,6 +6,8 @@ commit) gets ``<name>.features.npz`` from its ``<name>.item`` texts the first ti
 The default encoder is the offline all-MiniLM-L6-v2, the one of every bundled dataset.
 """
 
+import contextlib
+import fcntl
 import importlib.util
 import os
 import sys
@@ -32,6 +34,26 @@ def encode_text_script(what: str = "text features"):
     return module
 
 
+@contextlib.contextmanager
+def one_builder(folder: str, log: Callable = print):
+    """Let one process at a time build ``folder``'s feature files (torchrun ranks, parallel benchmark
+    cells on a fresh clone): an exclusive ``flock`` on the folder itself, so no lock file is left behind.
+    A process that has to wait logs it, then finds the file up to date and keeps it."""
+    if not os.path.isdir(folder):  # the encoder names the missing folder
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another process is building the features of {folder}: waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def ensure_text_features(folder: str, log: Callable = print) -> str:
     """Build ``folder/<name>.features.npz`` from ``folder/<name>.item`` unless it is already there for exactly
     those items (``encode_text.py`` without ``--force``: a log line and a progress bar, written atomically).
@@ -42,7 +64,8 @@ def ensure_text_features(folder: str, log: Callable = print) -> str:
     if not os.path.isfile(path):
         log(f"{path} is missing: encoding the item texts of {folder} (build_text_features: True)")
     try:
-        encode_text.encode_dataset(folder, log=log)
+        with one_builder(folder, log):
+            encode_text.encode_dataset(folder, log=log)
     except encode_text.EncodeError as err:
         raise FeatureFileError(f"Cannot build the text features of {folder}: {err}") from err
     return path

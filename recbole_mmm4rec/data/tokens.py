@@ -62,7 +62,7 @@ from recbole_mmm4rec.data.features import (
     read_features,
     split_arrays,
 )
-from recbole_mmm4rec.data.on_demand import encode_text_script
+from recbole_mmm4rec.data.on_demand import encode_text_script, one_builder
 
 TOKENS_SUFFIX = ".tokens.npz"
 LENGTHS_SUFFIX = "_lengths"
@@ -313,7 +313,8 @@ def ensure_text_tokens(folder: str, max_tokens: int = DEFAULT_MAX_TEXT_TOKENS, l
     """
     encode_text = encode_text_script("text tokens")
     try:
-        encode_text.encode_tokens_dataset(folder, max_tokens=max_tokens, log=log)
+        with one_builder(folder, log):
+            encode_text.encode_tokens_dataset(folder, max_tokens=max_tokens, log=log)
     except encode_text.EncodeError as err:
         raise FeatureFileError(f"Cannot build the text tokens of {folder}: {err}") from err
     return token_path(folder)
