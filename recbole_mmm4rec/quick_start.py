@@ -30,6 +30,7 @@ from recbole_mmm4rec.data.checks import check_interactions
 from recbole_mmm4rec.data.dataset import MultiModalSequentialDataset
 from recbole_mmm4rec.history import with_history
 from recbole_mmm4rec.layers.config import check_training_config
+from recbole_mmm4rec.resume import load_resume_point, save_resume_point
 from recbole_mmm4rec.models import TAME, Mamba4Rec, MMM4Rec, TextSASRec, TiM4Rec, UniSRec
 from recbole_mmm4rec.trainers import NAdamTrainer, PluginTrainer, Pretrainer, load_pretrained, read_pretrained
 
@@ -156,13 +157,17 @@ def _command_line_value(key):
     return None
 
 
-def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, resume_file=None):
     """Train on the train split, select on valid, evaluate on test: RecBole's ``run_recbole`` flow.
 
     ``epochs: 0`` trains nothing: the model as built (with ``pretrained``, the zero-shot transfer) is
     evaluated on valid and test. Returns RecBole's result dict plus ``epochs``, ``fit_seconds``, ``test_seconds``, ``saved_model_file``,
     ``parameters`` (trainable) and ``history`` (per epoch: train seconds, loss, validation result; for every
     trainer, ours and RecBole's, see ``recbole_mmm4rec.history``).
+
+    ``resume_file``: a path written after every evaluated epoch; a run started again with it continues where
+    the last one stopped, with the same result (``recbole_mmm4rec.resume``; one process only). The result's
+    ``resumed_after_epoch`` says after which epoch (0-based) this process went on, None for a fresh run.
     """
     config = build_config(model, dataset, config_file_list, config_dict)
     if saved:
@@ -193,16 +198,25 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
                          f"({', '.join(PLUGINS)}) accumulate gradients; {config['model']} trains with RecBole's "
                          f"{trainer_class.__name__}")
     trainer = with_history(trainer_class)(config, model)
+    resume_file = resume_file if config["epochs"] and not distributed.active() else None
+    resumed = load_resume_point(resume_file, trainer, train_data, logger) if resume_file else None
+    earlier = resumed["fit_seconds"] if resumed else 0.0
 
     start = perf_counter()
-    if config["epochs"]:
+    if resumed and resumed["stopped"]:  # trained to the end before: only the test is left
+        best_valid_score, best_valid_result = trainer.best_valid_score, trainer.best_valid_result
+    elif config["epochs"]:
+        def resume_point(epoch, valid_score):  # RecBole calls it at the end of every evaluated epoch
+            save_resume_point(resume_file, trainer, train_data, epoch, earlier + perf_counter() - start)
+
         best_valid_score, best_valid_result = trainer.fit(
-            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"],
+            callback_fn=resume_point if resume_file else None,
         )
     else:  # epochs: 0 evaluates the model as built (with `pretrained`: the zero-shot transfer)
         saved, best_valid_result = False, trainer.evaluate(valid_data, load_best_model=False)
         best_valid_score = best_valid_result[config["valid_metric"].lower()]
-    fit_seconds = perf_counter() - start
+    fit_seconds = earlier + perf_counter() - start
     start = perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     test_seconds = perf_counter() - start
@@ -228,6 +242,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
         "saved_model_file": trainer.saved_model_file if saved else None,
         "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "history": trainer.history,
+        "resumed_after_epoch": resumed["epoch"] if resumed else None,
     }
 
 

@@ -131,7 +131,7 @@ def test_changed_settings_and_force_run_the_cell_again(finished, monkeypatch, ca
 def test_a_failing_cell_is_recorded_and_reported(tmp_path, monkeypatch):
     bench = load(write_spec(tmp_path, models=["Pop", "SASRec"]))
 
-    def broken(model, dataset, settings):
+    def broken(model, dataset, settings, partial):
         raise RuntimeError("out of patience")
 
     monkeypatch.setattr(cells, "_train", broken)
@@ -141,6 +141,29 @@ def test_a_failing_cell_is_recorded_and_reported(tmp_path, monkeypatch):
     write_reports(bench, tmp_path / "out")
     text = (tmp_path / "out" / "scientific_mm.md").read_text()
     assert "failed (1/1)" in text and "SASRec, seed 2020: RuntimeError: out of patience" in text
+
+
+def test_a_killed_cell_resumes_after_its_last_epoch_and_clears_its_partial_folder(tmp_path, monkeypatch):
+    from recbole_mmm4rec import history
+
+    bench = load(write_spec(tmp_path, models=["SASRec"],
+                            datasets={"scientific_mm": {"epochs": 2, "stopping_step": 5}}))
+    out, real = tmp_path / "out", history.EpochHistory._train_epoch
+
+    def killed_in_epoch_1(self, train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == 1:
+            raise KeyboardInterrupt  # not an Exception: like a kill, the cell records nothing
+        return real(self, train_data, epoch_idx, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(history.EpochHistory, "_train_epoch", killed_in_epoch_1)
+        with pytest.raises(KeyboardInterrupt):
+            cells.train_cell(bench, out, "SASRec", "scientific_mm", 2020)
+    partial = cells.partial_dir(out, "SASRec", "scientific_mm", 2020)
+    assert (partial / "resume.pth").is_file() and cells.read_cell(cells.cell_file(out, "SASRec", "scientific_mm", 2020)) is None
+    record = cells.train_cell(bench, out, "SASRec", "scientific_mm", 2020)
+    assert record["status"] == "ok" and record["resumed_after_epoch"] == 0 and record["epochs_run"] == 2
+    assert not partial.exists()
 
 
 def test_best_epoch_is_the_checkpoint_recbole_tests():
@@ -186,7 +209,7 @@ def test_a_variant_is_a_row_that_trains_its_model_with_its_settings(tmp_path, mo
     assert bench.settings("SASRec-wide", "scientific_mm", 2020)["config"]["hidden_size"] == 32
     assert bench.settings("SASRec", "scientific_mm", 2020)["config"]["hidden_size"] == 16
     trained = []
-    monkeypatch.setattr(cells, "_train", lambda model, dataset, settings: trained.append(model) or {})
+    monkeypatch.setattr(cells, "_train", lambda model, dataset, settings, partial: trained.append(model) or {})
     record = cells.train_cell(bench, tmp_path / "out", "SASRec-wide", "scientific_mm", 2020)
     assert trained == ["SASRec"] and record["model"] == "SASRec-wide"
     assert cells.cell_file(tmp_path / "out", "SASRec-wide", "scientific_mm", 2020).is_file()

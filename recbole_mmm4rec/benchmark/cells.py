@@ -4,9 +4,12 @@ The runner starts every cell in a fresh Python process (``python -m recbole_mmm4
 --cell MODEL DATASET SEED``): cells cannot leak state into each other, and the process's peak memory is
 the cell's own. The child writes ``cells/<dataset>/<model>/seed<seed>.json`` atomically, also when training
 fails; the parent streams the child's output into ``logs/<dataset>/<model>-seed<seed>.log`` and prints one
-line per epoch. A lock file per cell (``seed<seed>.lock``, held while it trains) keeps a second runner from
-training the same cell at once, and the child dies with its runner (Linux), so a killed runner leaves no
-orphan that records a cell later.
+line per epoch. A cell resumes: while it trains, ``partial/<dataset>/<model>/seed<seed>/`` holds its
+checkpoints and a resume point written after every epoch (``recbole_mmm4rec.resume``), so a cell killed
+mid-way (a runner stopped, a session ended) continues after its last finished epoch next time, with the
+result of an uninterrupted run; the folder goes when the cell is recorded. A lock file per cell
+(``seed<seed>.lock``, held while it trains) keeps a second runner from training the same cell at once,
+and the child dies with its runner (Linux), so a killed runner leaves no orphan that records a cell later.
 """
 
 import ctypes
@@ -16,10 +19,10 @@ import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import traceback
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -37,6 +40,11 @@ def cell_file(out, model, dataset, seed):
 
 def log_file(out, model, dataset, seed):
     return Path(out) / "logs" / dataset / f"{model}-seed{seed}.log"
+
+
+def partial_dir(out, model, dataset, seed):
+    """Where an unfinished cell keeps its checkpoints and resume point (removed once it is recorded)."""
+    return Path(out) / "partial" / dataset / model / f"seed{seed}"
 
 
 def lock_file(out, model, dataset, seed):
@@ -116,7 +124,8 @@ def train_cell(bench, out, model, dataset, seed, cells_at_once=1):
     settings = bench.settings(model, dataset, seed)
     record = {"model": model, "dataset": dataset, "seed": seed, "settings": _as_json(settings)}
     try:
-        record.update(status="ok", **_train(bench.model_of(model), dataset, settings))
+        record.update(status="ok", **_train(bench.model_of(model), dataset, settings,
+                                            partial_dir(out, model, dataset, seed)))
     except Exception as error:  # recorded, so that one failing cell never loses the others
         traceback.print_exc()
         record.update(status="failed", error=f"{type(error).__name__}: {error}")
@@ -124,10 +133,13 @@ def train_cell(bench, out, model, dataset, seed, cells_at_once=1):
                   finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if distributed.is_main():
         write_json_atomically(cell_file(out, model, dataset, seed), record)
+        shutil.rmtree(partial_dir(out, model, dataset, seed), ignore_errors=True)
     return record
 
 
-def _train(model, dataset, settings):
+def _train(model, dataset, settings, partial):
+    """``run()`` of the cell; checkpoints and the resume point in ``partial``, kept from an earlier try with
+    the same settings (resumed) and cleared when the settings differ."""
     import torch
 
     from recbole_mmm4rec.quick_start import run
@@ -135,12 +147,18 @@ def _train(model, dataset, settings):
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     files = [str(resolve(f)) for f in settings["config_files"]]
-    with tempfile.TemporaryDirectory(prefix="benchmark-checkpoint-") as checkpoints:
-        config = {**settings["config"], "checkpoint_dir": checkpoints, "show_progress": False}
-        if config.get("pretrained"):  # a transfer row's encoder, from the project root like the config files
-            config["pretrained"] = str(resolve(config["pretrained"]))
-        result = run(model, dataset, files, config, saved=True)  # saved: the test uses the best epoch
-    return summarise(result)
+    started = partial / "settings.json"
+    if distributed.is_main() and read_cell(started) != _as_json(settings):
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        write_json_atomically(started, settings)
+    distributed.barrier()
+    config = {**settings["config"], "checkpoint_dir": str(partial / "checkpoints"), "show_progress": False}
+    if config.get("pretrained"):  # a transfer row's encoder, from the project root like the config files
+        config["pretrained"] = str(resolve(config["pretrained"]))
+    result = run(model, dataset, files, config, saved=True,  # saved: the test uses the best epoch
+                 resume_file=str(partial / "resume.pth"))
+    return {**summarise(result), "resumed_after_epoch": result["resumed_after_epoch"]}
 
 
 def summarise(result):
