@@ -43,7 +43,8 @@ try:
 except ImportError:  # run from a source tree without an install
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from recbole_mmm4rec.data.features import FEATURE_SUFFIX, write_features  # noqa: E402
-from recbole_mmm4rec.data.tokens import DEFAULT_MAX_TEXT_TOKENS, TokenParts, token_path, write_tokens  # noqa: E402
+from recbole_mmm4rec.data.token_parts import TokenParts  # noqa: E402
+from recbole_mmm4rec.data.tokens import DEFAULT_MAX_TEXT_TOKENS, token_path, write_tokens  # noqa: E402
 
 PARTIAL_SUFFIX = ".features.partial.npz"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")

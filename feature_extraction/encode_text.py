@@ -56,10 +56,10 @@ try:
 except ImportError:  # run as a script from a checkout where the package is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_mmm4rec.data.features import FEATURE_SUFFIX, read_features, write_features  # noqa: E402
+from recbole_mmm4rec.data.token_parts import TokenParts  # noqa: E402
 from recbole_mmm4rec.data.tokens import (  # noqa: E402
     DEFAULT_MAX_TEXT_TOKENS,
     TOKENS_SUFFIX,
-    TokenParts,
     read_tokens,
     write_tokens,
 )
