@@ -18,7 +18,7 @@ from recbole_mmm4rec import checkpoints
 from recbole_mmm4rec.checkpoints import CheckpointError, ConfigRefused, WrongModel, expecting, read_checkpoint
 from recbole_mmm4rec.health import __main__ as health_command
 from recbole_mmm4rec.quick_start import PROJECT_ROOT
-from recbole_mmm4rec.trainers import load_pretrained
+from recbole_mmm4rec.fine_tuning import load_pretrained
 
 SMALL = {**TINY, "num_layers": 1, "n_layers": 1, "epochs": 1, "eval_batch_size": 256,
          "load_col": {"inter": ["user_id", "item_id", "timestamp"]}}  # the tiny domain has no dataset yaml

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import recbole_mmm4rec
 from conftest import TINY, build_model, make_config, split_scientific_mm
 from recbole_mmm4rec.quick_start import PROJECT_ROOT
-from recbole_mmm4rec.trainers import load_pretrained
+from recbole_mmm4rec.fine_tuning import load_pretrained
 
 
 

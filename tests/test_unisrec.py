@@ -11,7 +11,7 @@ from recbole.data import create_dataset, data_preparation
 import recbole_mmm4rec
 from conftest import TINY, fit_steps, split_scientific_mm
 from recbole_mmm4rec.models.unisrec import MoEAdapter, UniSRec, item_drop
-from recbole_mmm4rec.trainers import load_pretrained
+from recbole_mmm4rec.fine_tuning import load_pretrained
 
 SMALL = {**{k: TINY[k] for k in ("show_progress", "state", "seed")}, "hidden_size": 16, "inner_size": 32,
          "n_layers": 1, "n_exps": 2, "train_batch_size": 256}
