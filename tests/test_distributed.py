@@ -55,7 +55,10 @@ def test_a_step_of_two_ranks_is_the_step_of_one_process_on_the_whole_batch(tmp_p
     assert result["parameters_moved"] >= result["parameters"] - (7 if model == "TAME" else 0)
     assert result["largest_move"] > 1e-5
     if model != "UniSRec":  # its MoE gate noise is drawn per share: the same step only in distribution
-        assert result["max_difference"] < 1e-12  # float64: the all-reduced mean gradient is the whole batch's
+        # float64: the all-reduced mean gradient is the whole batch's up to the order of summation; the optimiser's
+        # first step (g / (|g| + eps)) magnifies that round-off for gradients near eps (TAME once measured 1.6e-12),
+        # while a gradient that was not all-reduced moves a weight by up to the learning rate
+        assert result["max_difference"] < 1e-10
 
 
 def test_distributed_evaluation_equals_one_process_exactly(tmp_path):
@@ -86,7 +89,7 @@ def test_a_pretraining_step_of_two_ranks_is_one_process_step_on_the_whole_batch(
     assert result["world_size"] == 2 and result["rows"] == 255  # shares of 128 and 127 rows
     assert result["repeated_targets"] > 0  # masked as negatives across the two shares too
     assert result["parameters_moved"] > 0
-    assert result["max_difference"] < 1e-12  # the negatives of every row are the whole batch's
+    assert result["max_difference"] < 1e-10  # the negatives of every row are the whole batch's (round-off as above)
 
 
 @pytest.fixture(scope="module")
