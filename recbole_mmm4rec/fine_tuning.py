@@ -67,8 +67,9 @@ def load_pretrained(model, path, logger=None):
     state = read_pretrained(path, name)
     expected, given = model.encoder.state_dict(), dict(state["encoder"])
     depth = 1 + max((_layer_index(k) for k in expected), default=-1)  # MMM4Rec's num_layers (0: no such layers)
-    deeper = sorted({_layer_index(k) for k in given if depth and _layer_index(k) >= depth})
-    for key in [k for k in given if depth and _layer_index(k) >= depth]:
+    left_out = [k for k in given if depth and _layer_index(k) >= depth]
+    deeper = sorted({_layer_index(k) for k in left_out})
+    for key in left_out:
         del given[key]  # the paper pre-trains 2 layers and fine-tunes 1: the first num_layers layers transfer
     problems = [f"{k}: missing from the checkpoint" for k in expected if k not in given]
     problems += [f"{k}: in the checkpoint but not in this model" for k in given if k not in expected]

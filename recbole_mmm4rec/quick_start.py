@@ -28,11 +28,11 @@ from recbole.utils import get_environment, get_model, get_trainer, init_seed, se
 from recbole_mmm4rec import distributed
 from recbole_mmm4rec.data.checks import check_interactions
 from recbole_mmm4rec.data.dataset import MultiModalSequentialDataset
+from recbole_mmm4rec.fine_tuning import load_pretrained, read_pretrained
 from recbole_mmm4rec.history import with_history
 from recbole_mmm4rec.layers.config import check_training_config
-from recbole_mmm4rec.resume import load_resume_point, save_resume_point
 from recbole_mmm4rec.models import TAME, Mamba4Rec, MMM4Rec, TextSASRec, TiM4Rec, UniSRec
-from recbole_mmm4rec.fine_tuning import load_pretrained, read_pretrained
+from recbole_mmm4rec.resume import load_resume_point, save_resume_point
 from recbole_mmm4rec.trainers import NAdamTrainer, PluginTrainer, Pretrainer
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

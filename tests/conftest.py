@@ -136,3 +136,18 @@ def tiny_clip_checkpoint(folder):
     path = folder / "tiny.pt"
     torch.save(open_clip.create_model("tiny-test-clip", pretrained=None).state_dict(), path)
     return str(path)
+
+
+def interrupted_at(epoch, monkeypatch):
+    """The next training stops (as a kill would: KeyboardInterrupt, not an Exception) when epoch ``epoch``
+    (0-based) begins; any trainer, through ``recbole_mmm4rec.history.EpochHistory``."""
+    from recbole_mmm4rec import history
+
+    real = history.EpochHistory._train_epoch
+
+    def train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == epoch:
+            raise KeyboardInterrupt
+        return real(self, train_data, epoch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(history.EpochHistory, "_train_epoch", train_epoch)

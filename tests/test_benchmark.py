@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import recbole_mmm4rec
+from conftest import interrupted_at
 from recbole_mmm4rec.benchmark import SpecError, cells, load, report
 from recbole_mmm4rec.benchmark.__main__ import main, run_all
 from recbole_mmm4rec.benchmark.report import write_reports
@@ -144,19 +145,11 @@ def test_a_failing_cell_is_recorded_and_reported(tmp_path, monkeypatch):
 
 
 def test_a_killed_cell_resumes_after_its_last_epoch_and_clears_its_partial_folder(tmp_path, monkeypatch):
-    from recbole_mmm4rec import history
-
     bench = load(write_spec(tmp_path, models=["SASRec"],
                             datasets={"scientific_mm": {"epochs": 2, "stopping_step": 5}}))
-    out, real = tmp_path / "out", history.EpochHistory._train_epoch
-
-    def killed_in_epoch_1(self, train_data, epoch_idx, *args, **kwargs):
-        if epoch_idx == 1:
-            raise KeyboardInterrupt  # not an Exception: like a kill, the cell records nothing
-        return real(self, train_data, epoch_idx, *args, **kwargs)
-
+    out = tmp_path / "out"
     with monkeypatch.context() as patch:
-        patch.setattr(history.EpochHistory, "_train_epoch", killed_in_epoch_1)
+        interrupted_at(1, patch)  # like a kill, the cell records nothing
         with pytest.raises(KeyboardInterrupt):
             cells.train_cell(bench, out, "SASRec", "scientific_mm", 2020)
     partial = cells.partial_dir(out, "SASRec", "scientific_mm", 2020)

@@ -5,8 +5,7 @@ epoch and started again equals the uninterrupted run, for our trainer (MMM4Rec, 
 import pytest
 
 import recbole_mmm4rec
-from conftest import TINY
-from recbole_mmm4rec import history
+from conftest import TINY, interrupted_at
 
 SASREC = {"hidden_size": 16, "inner_size": 16, "n_layers": 1, "n_heads": 1}
 MODELS = {"MMM4Rec": {}, "SASRec": SASREC}
@@ -15,20 +14,8 @@ EPOCHS = {"epochs": 3, "stopping_step": 10}
 
 def settings(model, tmp_path):
     base = {k: TINY[k] for k in ("train_batch_size", "show_progress", "state", "seed")}
-    extra = {k: v for k, v in TINY.items() if model == "MMM4Rec"}
+    extra = dict(TINY) if model == "MMM4Rec" else {}
     return {**extra, **base, **MODELS[model], **EPOCHS, "checkpoint_dir": str(tmp_path / "saved")}
-
-
-def interrupted_at(epoch, monkeypatch):
-    """The next training stops (as a kill would) when epoch ``epoch`` (0-based) begins."""
-    real = history.EpochHistory._train_epoch
-
-    def train_epoch(self, train_data, epoch_idx, *args, **kwargs):
-        if epoch_idx == epoch:
-            raise KeyboardInterrupt
-        return real(self, train_data, epoch_idx, *args, **kwargs)
-
-    monkeypatch.setattr(history.EpochHistory, "_train_epoch", train_epoch)
 
 
 @pytest.mark.parametrize("model", MODELS)
