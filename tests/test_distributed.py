@@ -43,8 +43,10 @@ def succeeded(process):
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
 
 
-@pytest.mark.parametrize("model", ["MMM4Rec", "Mamba4Rec", "TiM4Rec", "TAME", "TextSASRec", "UniSRec",
-                                   "SASRec", "GRU4Rec"])
+# CI runs our trainer (MMM4Rec) and RecBole's (SASRec); the other models are `slow` (make test-all): 1.5 min
+@pytest.mark.parametrize("model", ["MMM4Rec", "SASRec", *(
+    pytest.param(m, marks=pytest.mark.slow) for m in ("Mamba4Rec", "TiM4Rec", "TAME", "TextSASRec", "UniSRec",
+                                                      "GRU4Rec"))])
 def test_a_step_of_two_ranks_is_the_step_of_one_process_on_the_whole_batch(tmp_path, model):
     result, process = launch("step", model, tmp_path / "step.json")
     succeeded(process)
@@ -68,6 +70,7 @@ def test_distributed_evaluation_equals_one_process_exactly(tmp_path):
     assert result["distributed"] == result["single"]  # 12 decimals, every metric
 
 
+@pytest.mark.slow  # 30 s; the step test above pins down each step
 def test_a_short_training_run_follows_the_single_process_curve(tmp_path):
     two, process = launch("run", "SASRec", tmp_path / "two.json")
     succeeded(process)

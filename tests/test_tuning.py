@@ -150,6 +150,7 @@ def sweep_args(model, output, params_file, overrides):
             f"--output_file={output}", *(f"--{k}={v}" for k, v in overrides.items())]
 
 
+@pytest.mark.slow  # 40 s; the cluster test below runs the same sweep path on a Ray head
 def test_ray_sweep_on_this_machine(tmp_path):
     params_file = write(tmp_path / "lr.test", "learning_rate choice [0.001,0.003]\n")
     output = tmp_path / "ray" / "sasrec.md"
