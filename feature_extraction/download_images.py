@@ -37,8 +37,8 @@ other failures (404, not an image, ...) are recorded at once. ``--timeout`` boun
 from connecting to the last byte (each socket operation too, so a stalled server is cut off
 after ``--timeout`` seconds; one trickling bytes, at the next chunk after the limit).
 
-Only the standard library's urllib (proxies from the usual ``*_proxy`` environment variables)
-and Pillow are used.
+Fetching and checking one image lives in ``image_fetch.py`` beside this script. Only the standard
+library's urllib (proxies from the usual ``*_proxy`` environment variables) and Pillow are used.
 
 Usage::
 
@@ -49,60 +49,39 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import random
 import re
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.parse
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import ImageFile
 from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # image_fetch.py beside this script
+from image_fetch import Fetched, extension, fetch, inspect_image  # noqa: E402
 
 URL_COLUMN = "image_url"
 IMAGES_DIR = "images"
 MANIFEST = "manifest.jsonl"
 SUMMARY_SUFFIX = ".images.json"
 PART_SUFFIX = ".part"
-USER_AGENT = "recbole-mmm4rec-download-images/1.0 (+urllib)"
-MAX_BYTES = 32 * 1024 * 1024  # a larger response is recorded as too_large
-CHUNK = 64 * 1024
 DEFAULT_WORKERS = 8
 DEFAULT_RETRIES = 2
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_BACKOFF = 1.0
-RETRIED = {"timeout", "network_error", "truncated", "http_408", "http_429"}  # and every http_5xx
-# Pillow format -> file extension; other formats use their name in lower case.
-EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp",
-              "TIFF": "tif", "ICO": "ico"}
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 class DownloadError(ValueError):
     """The dataset folder is missing or unusable."""
-
-
-@dataclass
-class Fetched:
-    """The outcome of fetching one item (all attempts)."""
-
-    status: str
-    attempts: int
-    data: bytes = b""
-    image_format: str = ""
-    content_type: str = ""
-    error: str = ""
 
 
 # ----------------------------------------------------------------------------- the dataset's URLs
@@ -141,103 +120,6 @@ def read_item_urls(path: str) -> tuple:
         raise DownloadError(f"{path}: {len(unsafe)} item token(s) cannot be used as file names (letters, digits, "
                             f"'.', '_', '-' only, at most 200 characters): {unsafe[:10]}")
     return tokens, urls
-
-
-# ----------------------------------------------------------------------------- checking the bytes
-
-
-def inspect_image(data: bytes) -> tuple:
-    """``("ok", pillow format, "")`` if ``data`` is a whole, decodable image, else ``(status, "", reason)``."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format or ""
-            image.verify()
-    except UnidentifiedImageError:
-        return "not_image", "", "Pillow cannot identify the bytes as an image"
-    except Exception as err:  # noqa: BLE001 - Pillow raises many types for bad data
-        return _decode_failure(err)
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # verify() leaves the image unusable: open it again
-            image.load()
-    except Exception as err:  # noqa: BLE001
-        return _decode_failure(err)
-    return "ok", image_format, ""
-
-
-def _decode_failure(err: Exception) -> tuple:
-    message = f"{type(err).__name__}: {err}"
-    truncated = isinstance(err, EOFError) or "truncated" in str(err).lower()
-    return ("truncated" if truncated else "corrupt"), "", message
-
-
-def extension(image_format: str) -> str:
-    return EXTENSIONS.get(image_format.upper(), image_format.lower() or "img")
-
-
-# ----------------------------------------------------------------------------- fetching
-
-
-def _is_timeout(err: BaseException) -> bool:
-    return isinstance(err, TimeoutError) or isinstance(getattr(err, "reason", None), TimeoutError)
-
-
-def fetch_once(url: str, timeout: float, opener, max_bytes: int = MAX_BYTES) -> Fetched:
-    """One request: the body if the status is 2xx and the bytes are an image, else the failure."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme not in ("http", "https"):
-        return Fetched("bad_url", 0, error=f"not an http(s) URL: {url!r}")
-    start = time.monotonic()
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.5"})
-    content_type = ""
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            content_type = response.headers.get("Content-Type", "") or ""
-            expected = response.headers.get("Content-Length")
-            chunks, size = [], 0
-            while True:
-                if time.monotonic() - start > timeout:
-                    return Fetched("timeout", 1, content_type=content_type,
-                                   error=f"no complete response within {timeout:g} s ({size} bytes read)")
-                chunk = response.read(CHUNK)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > max_bytes:
-                    return Fetched("too_large", 1, content_type=content_type, error=f"more than {max_bytes} bytes")
-                chunks.append(chunk)
-    except urllib.error.HTTPError as err:
-        err.close()
-        return Fetched(f"http_{err.code}", 1, content_type=err.headers.get("Content-Type", "") if err.headers else "",
-                       error=f"HTTP {err.code} {err.reason}")
-    except Exception as err:  # noqa: BLE001 - URLError, socket errors, http.client errors
-        status = "timeout" if _is_timeout(err) else "network_error"
-        return Fetched(status, 1, content_type=content_type, error=f"{type(err).__name__}: {err}")
-    data = b"".join(chunks)
-    if expected is not None and expected.isdigit() and len(data) < int(expected):
-        return Fetched("truncated", 1, content_type=content_type,
-                       error=f"{len(data)} of {expected} bytes (Content-Length) received")
-    status, image_format, reason = inspect_image(data)
-    if status != "ok":
-        if content_type and not content_type.lower().startswith("image/"):
-            reason = f"Content-Type {content_type!r}; {reason}"
-        return Fetched(status, 1, content_type=content_type, error=reason)
-    return Fetched("ok", 1, data=data, image_format=image_format, content_type=content_type)
-
-
-def _retried(status: str) -> bool:
-    return status in RETRIED or (status.startswith("http_5"))
-
-
-def fetch(url: str, timeout: float, retries: int, backoff: float, opener) -> Fetched:
-    """``fetch_once`` with up to ``retries`` more attempts after transient failures."""
-    attempts = 0
-    while True:
-        result = fetch_once(url, timeout, opener)
-        attempts += result.attempts
-        result.attempts = attempts
-        if result.status == "ok" or not _retried(result.status) or attempts > retries:
-            return result
-        time.sleep(backoff * 2 ** (attempts - 1) * (1 + 0.5 * random.random()))
 
 
 # ----------------------------------------------------------------------------- files
