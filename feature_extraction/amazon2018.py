@@ -56,12 +56,14 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # atomic_files.py, beside this script
+from atomic_files import SourceFormatError, atomic_write  # noqa: E402
 
 try:
     from tqdm import tqdm
@@ -77,10 +79,6 @@ ITEM_HEADER = ["item_id:token", "text:token_seq", "image_url:token"]
 # (kind, file name pattern) in order of preference
 INTER_FILES = (("csv", "{d}.csv"), ("full", "{d}.json.gz"), ("5core", "{d}_5.json.gz"))
 TAG = re.compile(r"<[^>]*>")
-
-
-class SourceFormatError(ValueError):
-    """A raw file is missing or unreadable."""
 
 
 # ----------------------------------------------------------------------------- reading
@@ -228,20 +226,6 @@ def user_sequences(rows: list) -> dict:
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def atomic_write(path: str, write: Callable) -> None:
-    """Call ``write(handle)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _fmt(value: float) -> str:

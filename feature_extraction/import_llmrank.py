@@ -24,30 +24,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # import_unisrec.py, beside this script
-from import_unisrec import SourceFormatError, _header, _require, read_inter, write_inter, write_items  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # atomic_files.py, import_unisrec.py: beside this script
+from atomic_files import SourceFormatError, infer_prefix, require, write_json  # noqa: E402
+from import_unisrec import _header, read_inter, write_inter, write_items  # noqa: E402
 
 ITEM_HEADER = ["item_id:token", "title:token_seq"]
-
-
-def infer_prefix(src_dir: str) -> str:
-    """The ``<P>`` of the single ``<P>.test.inter`` in ``src_dir``."""
-    found = sorted(glob.glob(os.path.join(src_dir, "*.test.inter")))
-    if len(found) != 1:
-        raise SourceFormatError(f"{src_dir}: expected exactly one '*.test.inter' file, found "
-                                f"{[os.path.basename(f) for f in found]}; pass --prefix")
-    return os.path.basename(found[0])[: -len(".test.inter")]
 
 
 def read_titles(path: str) -> dict:
     """{item int: title}, whitespace runs collapsed; every title non-empty, every item once."""
     titles = {}
-    with open(_require(path), encoding="utf-8") as handle:
+    with open(require(path), encoding="utf-8") as handle:
         _header(path, handle, ITEM_HEADER)
         for line_no, line in enumerate(handle, 2):
             token, _, title = line.rstrip("\n").partition("\t")
@@ -86,7 +76,7 @@ def rebuild_sequences(test_rows: list, valid_rows: list) -> dict:
 
 def convert(src_dir: str, name: str, out_dir: str, prefix: str | None = None, log=print) -> dict:
     """Write ``out_dir/name/{name}.inter, .item, .stats.json``; returns the stats."""
-    prefix = prefix or infer_prefix(src_dir)
+    prefix = prefix or infer_prefix(src_dir, ".test.inter")
     source = os.path.join(src_dir, prefix)
     sequences = rebuild_sequences(read_inter(source + ".test.inter", "test"), read_inter(source + ".valid.inter", "valid"))
     titles = read_titles(source + ".item")
@@ -107,9 +97,7 @@ def convert(src_dir: str, name: str, out_dir: str, prefix: str | None = None, lo
              "items_in_source": len(titles), "interactions": rows, "avg_seq_len": round(rows / len(users), 4),
              "min_seq_len": min(lengths), "max_seq_len": max(lengths), "items_without_text": 0,
              "timestamp": "ordinal position of the interaction in the user's sequence (1, 2, ...); no real time"}
-    with open(os.path.join(folder, f"{name}.stats.json"), "w", encoding="utf-8") as handle:
-        json.dump(stats, handle, indent=2)
-        handle.write("\n")
+    write_json(os.path.join(folder, f"{name}.stats.json"), stats)
     log(f"{name}: {stats['users']:,} users, {stats['items']:,} items, {rows:,} interactions "
         f"(average length {stats['avg_seq_len']:.2f}) -> {folder}")
     return stats

@@ -55,15 +55,14 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # atomic_files.py, beside this script
+from atomic_files import INTER_HEADER, ITEM_HEADER, SourceFormatError, size, write_json, write_rows  # noqa: E402
+
 RATINGS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 MOVIES_COLUMNS = ("movieId", "title", "genres")
 NO_GENRES = "(no genres listed)"
 FLOAT32_INTEGERS = 2 ** 24  # float32 holds every integer below this exactly
 DAY = 86400
-
-
-class SourceFormatError(ValueError):
-    """The source folder is incomplete or a file in it is malformed."""
 
 
 class Rating(NamedTuple):
@@ -215,22 +214,13 @@ def check_float32(seq: list, stamps: list) -> None:
 
 def write_inter(path: str, sequences: dict, stamps: dict) -> int:
     """One row per rating, users in id order, each user's rows in time order."""
-    n_rows = 0
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        for user, seq in sequences.items():
-            for rating, stamp in zip(seq, stamps[user]):
-                handle.write(f"{user}\t{rating.movie}\t{stamp}\n")
-                n_rows += 1
-    return n_rows
+    rows = ((user, rating.movie, stamp) for user, seq in sequences.items() for rating, stamp in zip(seq, stamps[user]))
+    return write_rows(path, INTER_HEADER, rows)
 
 
 def write_items(path: str, items: list, texts: dict) -> None:
     """``item_id:token  text:token_seq`` for the rated movies, in movieId order."""
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("item_id:token\ttext:token_seq\n")
-        for movie in items:
-            handle.write(f"{movie}\t{texts[movie]}\n")
+    write_rows(path, ITEM_HEADER, ((movie, texts[movie]) for movie in items))
 
 
 def _utc(seconds: int) -> str:
@@ -264,10 +254,6 @@ def _time_stats(sequences: dict, stamps: dict, origin: int, step: int) -> dict:
             f"to previous + {step} s where needed so that timestamps strictly increase within a user"
         ),
     }
-
-
-def _size(path: str) -> str:
-    return f"{os.path.getsize(path) / 1e6:.2f} MB"
 
 
 def convert(src_dir: str, name: str, out: str, log: Callable = print) -> dict:
@@ -310,11 +296,9 @@ def convert(src_dir: str, name: str, out: str, log: Callable = print) -> dict:
         "order_checked": "for every user, in float32: timestamps exact and strictly increasing",
         **_time_stats(sequences, stamps, origin, step),
     }
-    with open(stats_path, "w", encoding="utf-8") as handle:
-        json.dump(stats, handle, indent=2)
-        handle.write("\n")
+    write_json(stats_path, stats)
     for path in (inter_path, item_path, stats_path):
-        log(f"wrote {path} ({_size(path)})")
+        log(f"wrote {path} ({size(path)})")
     log(json.dumps(stats, indent=2))
     return stats
 

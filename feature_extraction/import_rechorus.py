@@ -35,7 +35,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -46,13 +45,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # atomic_files.py, beside this script
+from atomic_files import (  # noqa: E402
+    INTER_HEADER, ITEM_HEADER, SourceFormatError, infer_prefix, require, size, write_json, write_rows)
+
 SPLITS = ("train", "dev", "test")
 TIE_STEP = 128  # seconds between tied interactions; see the module docstring
 DAY = 86400
-
-
-class SourceFormatError(ValueError):
-    """The source folder is incomplete or inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -67,12 +66,6 @@ class Event:
 
 
 # ----------------------------------------------------------------------------- reading the source
-
-
-def _require(path: str) -> str:
-    if not os.path.isfile(path):
-        raise SourceFormatError(f"{path}: required file is missing")
-    return path
 
 
 def _int_field(value: str, where: str, field: str) -> int:
@@ -93,7 +86,7 @@ def _columns(path: str, header: list) -> tuple:
 def read_split(path: str, split: str) -> tuple:
     """Events of one csv file, in file order, and whether the file has a time column."""
     events = []
-    with open(_require(path), encoding="utf-8") as handle:
+    with open(require(path), encoding="utf-8") as handle:
         header = handle.readline().rstrip("\n").split("\t")
         user_col, item_col, time_col = _columns(path, header)
         for line_no, line in enumerate(handle, 2):
@@ -112,7 +105,7 @@ def read_item_index(path: str) -> dict:
     """``ASIN<TAB>id`` lines -> {id: ASIN}; both sides unique."""
     asin_of = {}
     seen = set()
-    with open(_require(path), encoding="utf-8") as handle:
+    with open(require(path), encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 2 or not parts[1].isdigit():
@@ -128,7 +121,7 @@ def read_item_index(path: str) -> dict:
 def read_texts(path: str) -> dict:
     """{ASIN: text} from ``id<TAB>text`` lines after a header; runs of whitespace become one space."""
     texts = {}
-    with open(_require(path), encoding="utf-8") as handle:
+    with open(require(path), encoding="utf-8") as handle:
         handle.readline()  # header: id, text
         for line_no, line in enumerate(handle, 2):
             asin, sep, text = line.rstrip("\n").partition("\t")
@@ -138,17 +131,6 @@ def read_texts(path: str) -> dict:
                 raise SourceFormatError(f"{path}:{line_no}: item {asin!r} appears twice")
             texts[asin] = " ".join(text.split())
     return texts
-
-
-def infer_prefix(src_dir: str) -> str:
-    """The ``<P>`` of the single ``<P>.item2index`` in ``src_dir``."""
-    found = sorted(glob.glob(os.path.join(src_dir, "*.item2index")))
-    if len(found) != 1:
-        raise SourceFormatError(
-            f"{src_dir}: expected exactly one '*.item2index' file to infer the prefix from, found "
-            f"{[os.path.basename(f) for f in found]}; pass --prefix"
-        )
-    return os.path.basename(found[0])[: -len(".item2index")]
 
 
 # ----------------------------------------------------------------------------- sequences
@@ -234,22 +216,13 @@ def check_split_kept(user: int, seq: list, stamps: list, asin_of: dict) -> None:
 
 def write_inter(path: str, sequences: dict, stamps: dict, asin_of: dict) -> int:
     """One row per interaction, users in id order, each user's rows in the source's order."""
-    n_rows = 0
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        for user, seq in sequences.items():
-            for event, stamp in zip(seq, stamps[user]):
-                handle.write(f"{user}\t{asin_of[event.item]}\t{stamp}\n")
-                n_rows += 1
-    return n_rows
+    rows = ((user, asin_of[event.item], stamp) for user, seq in sequences.items() for event, stamp in zip(seq, stamps[user]))
+    return write_rows(path, INTER_HEADER, rows)
 
 
 def write_items(path: str, asin_of: dict, texts: dict) -> None:
     """``item_id:token  text:token_seq`` for every item of the index, in item id order."""
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("item_id:token\ttext:token_seq\n")
-        for item in sorted(asin_of):
-            handle.write(f"{asin_of[item]}\t{texts.get(asin_of[item], '')}\n")
+    write_rows(path, ITEM_HEADER, ((asin_of[item], texts.get(asin_of[item], "")) for item in sorted(asin_of)))
 
 
 def _date(seconds: int) -> str:
@@ -277,13 +250,9 @@ def _time_stats(sequences: dict, stamps: dict) -> dict:
     }
 
 
-def _size(path: str) -> str:
-    return f"{os.path.getsize(path) / 1e6:.2f} MB"
-
-
 def convert(src_dir: str, name: str, out: str, prefix: Optional[str] = None, log: Callable = print) -> dict:
     """Convert ``src_dir`` into ``out/name/``; returns the statistics also written to ``name.stats.json``."""
-    prefix = prefix or infer_prefix(src_dir)
+    prefix = prefix or infer_prefix(src_dir, ".item2index")
     asin_of = read_item_index(os.path.join(src_dir, prefix + ".item2index"))
     events, has_time = [], []
     for split in SPLITS:
@@ -333,11 +302,9 @@ def convert(src_dir: str, name: str, out: str, prefix: Optional[str] = None, log
         ),
         **_time_stats(sequences, stamps),
     }
-    with open(stats_path, "w", encoding="utf-8") as handle:
-        json.dump(stats, handle, indent=2)
-        handle.write("\n")
+    write_json(stats_path, stats)
     for path in (inter_path, item_path, stats_path):
-        log(f"wrote {path} ({_size(path)})")
+        log(f"wrote {path} ({size(path)})")
     log(json.dumps(stats, indent=2))
     return stats
 

@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -36,21 +35,21 @@ from typing import Callable, Optional
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # atomic_files.py, beside this script
+from atomic_files import (  # noqa: E402
+    INTER_HEADER, ITEM_HEADER, SourceFormatError, infer_prefix, require, size, write_json, write_rows)
+
 try:
     from recbole_mmm4rec.data.features import feature_path, write_features
 except ImportError:  # run as a script from a checkout where the package is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from recbole_mmm4rec.data.features import feature_path, write_features
 
-INTER_HEADER = ["user_id:token", "item_id_list:token_seq", "item_id:token"]
+SOURCE_INTER_HEADER = ["user_id:token", "item_id_list:token_seq", "item_id:token"]
 TEXT_HEADER = ["item_id:token", "text:token_seq"]
 SPLITS = ("train", "valid", "test")
 MODALITY_FILES = {"text": "feat1CLS", "image": "feat3CLS"}
 HISTORY_CAP = 50  # UniSRec-style sources keep at most the last 50 items of a history
-
-
-class SourceFormatError(ValueError):
-    """The source folder is incomplete or inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -67,27 +66,10 @@ class Row:
 # ----------------------------------------------------------------------------- reading the source
 
 
-def infer_prefix(src_dir: str) -> str:
-    """The ``<P>`` of the single ``<P>.train.inter`` in ``src_dir``."""
-    found = sorted(glob.glob(os.path.join(src_dir, "*.train.inter")))
-    if len(found) != 1:
-        raise SourceFormatError(
-            f"{src_dir}: expected exactly one '*.train.inter' file to infer the prefix from, found "
-            f"{[os.path.basename(f) for f in found]}; pass --prefix"
-        )
-    return os.path.basename(found[0])[: -len(".train.inter")]
-
-
-def _require(path: str) -> str:
-    if not os.path.isfile(path):
-        raise SourceFormatError(f"{path}: required file is missing")
-    return path
-
-
 def read_index(path: str) -> dict:
     """``token<TAB>int`` lines -> {token: int}; tokens unique, ints exactly 0..n-1."""
     index = {}
-    with open(_require(path), encoding="utf-8") as handle:
+    with open(require(path), encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 2 or not parts[1].isdigit():
@@ -115,8 +97,8 @@ def _int_token(value: str, where: str, field: str) -> int:
 def read_inter(path: str, split: str) -> list:
     """Rows of one UniSRec ``.inter`` file."""
     rows = []
-    with open(_require(path), encoding="utf-8") as handle:
-        _header(path, handle, INTER_HEADER)
+    with open(require(path), encoding="utf-8") as handle:
+        _header(path, handle, SOURCE_INTER_HEADER)
         for line_no, line in enumerate(handle, 2):
             where = f"{path}:{line_no}"
             parts = line.rstrip("\n").split("\t")
@@ -134,7 +116,7 @@ def read_inter(path: str, split: str) -> list:
 def read_texts(path: str) -> dict:
     """{ASIN: text}, with tabs, newlines and runs of spaces collapsed to single spaces."""
     texts = {}
-    with open(_require(path), encoding="utf-8") as handle:
+    with open(require(path), encoding="utf-8") as handle:
         _header(path, handle, TEXT_HEADER)
         for line_no, line in enumerate(handle, 2):
             asin, sep, text = line.rstrip("\n").partition("\t")
@@ -259,21 +241,13 @@ def _check_known(sequences: dict, user_tokens: list, item_tokens: list, src: str
 
 def write_inter(path: str, sequences: dict, user_tokens: list, item_tokens: list) -> int:
     """One row per interaction; timestamp = position in the user's sequence (1, 2, ...)."""
-    n_rows = 0
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        for user, seq in sorted(sequences.items()):
-            for position, item in enumerate(seq, 1):
-                handle.write(f"{user_tokens[user]}\t{item_tokens[item]}\t{position}\n")
-                n_rows += 1
-    return n_rows
+    rows = ((user_tokens[user], item_tokens[item], position)
+            for user, seq in sorted(sequences.items()) for position, item in enumerate(seq, 1))
+    return write_rows(path, INTER_HEADER, rows)
 
 
 def write_items(path: str, item_tokens: list, texts: dict) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("item_id:token\ttext:token_seq\n")
-        for asin in item_tokens:
-            handle.write(f"{asin}\t{texts.get(asin, '')}\n")
+    write_rows(path, ITEM_HEADER, ((asin, texts.get(asin, "")) for asin in item_tokens))
 
 
 def _modality_tables(src_dir: str, prefix: str, item_tokens: list, log: Callable) -> tuple:
@@ -295,15 +269,11 @@ def _modality_tables(src_dir: str, prefix: str, item_tokens: list, log: Callable
     return tables, masks, info
 
 
-def _size(path: str) -> str:
-    return f"{os.path.getsize(path) / 1e6:.2f} MB"
-
-
 def convert(
     src_dir: str, name: str, out: str, prefix: Optional[str] = None, cap: int = HISTORY_CAP, log: Callable = print
 ) -> dict:
     """Convert ``src_dir`` into ``out/name/``; returns the statistics also written to ``name.stats.json``."""
-    prefix = prefix or infer_prefix(src_dir)
+    prefix = prefix or infer_prefix(src_dir, ".train.inter")
     base = os.path.join(src_dir, prefix)
     item_index = read_index(base + ".item2index")
     user_index = read_index(base + ".user2index")
@@ -346,9 +316,7 @@ def convert(
         "image_coverage": feature_info["image"]["coverage"],
         "timestamp": "ordinal position of the interaction in the user's sequence (1, 2, ...); no real time",
     }
-    with open(stats_path, "w", encoding="utf-8") as handle:
-        json.dump(stats, handle, indent=2)
-        handle.write("\n")
+    write_json(stats_path, stats)
 
     if capped:
         log(f"note: {len(capped)} user(s) have a test history of {cap} items (the source's cap); "
@@ -357,7 +325,7 @@ def convert(
         log(f"note: no history reaches the source's cap of {cap} items (longest sequence: {max(lengths)}), "
             f"so every sequence is complete")
     for path in (inter_path, item_path, npz_path, stats_path):
-        log(f"wrote {path} ({_size(path)})")
+        log(f"wrote {path} ({size(path)})")
     log(json.dumps(stats, indent=2))
     return stats
 

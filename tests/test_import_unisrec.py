@@ -171,6 +171,6 @@ def test_feature_file_size_must_divide(tmp_path):
 
 def test_prefix_inference(tmp_path):
     src = write_source(tmp_path / "src", {0: [0, 1, 2, 3]})
-    assert importer.infer_prefix(str(src)) == "Tiny"
-    with pytest.raises(importer.SourceFormatError, match="--prefix"):
-        importer.infer_prefix(str(tmp_path))
+    assert importer.infer_prefix(str(src), ".train.inter") == "Tiny"
+    with pytest.raises(importer.SourceFormatError, match=r"exactly one '\*\.train\.inter' file.*--prefix"):
+        importer.infer_prefix(str(tmp_path), ".train.inter")
