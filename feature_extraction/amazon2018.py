@@ -63,7 +63,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # atomic_files.py, beside this script
-from atomic_files import SourceFormatError, atomic_write  # noqa: E402
+from atomic_files import SourceFormatError, atomic_write, write_json  # noqa: E402
 
 try:
     from tqdm import tqdm
@@ -343,7 +343,7 @@ def convert_domain(raw: str, domain: str, out: str, name: Optional[str] = None, 
                       f"timestamp is raised to at least the previous one + {TIE_STEP} s (strictly increasing in "
                       f"float32)"),
     }
-    atomic_write(stats_out, lambda h: h.write(json.dumps(stats, indent=2) + "\n"))
+    write_json(stats_out, stats)
     paths = [inter_out, item_out, stats_out]
     if write_yaml:
         yaml_out = os.path.join(yaml_dir or os.path.join(REPO, "properties", "dataset"), name + ".yaml")

@@ -56,7 +56,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # atomic_files.py, beside this script
-from atomic_files import INTER_HEADER, ITEM_HEADER, SourceFormatError, size, write_json, write_rows  # noqa: E402
+from atomic_files import INTER_HEADER, ITEM_HEADER, SourceFormatError, require, size, write_json, write_rows  # noqa: E402
 
 RATINGS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 MOVIES_COLUMNS = ("movieId", "title", "genres")
@@ -79,9 +79,7 @@ class Rating(NamedTuple):
 
 def _rows(path: str, columns: tuple):
     """Yield ``(where, {column: value})`` for each data line of a csv file with these header columns."""
-    if not os.path.isfile(path):
-        raise SourceFormatError(f"{path}: required file is missing")
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open(require(path), encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, [])
         missing = [column for column in columns if column not in header]
