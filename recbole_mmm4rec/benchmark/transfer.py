@@ -194,7 +194,8 @@ def plot(target, rows, path):
             continue
         epochs = range(1, max(map(len, curves)) + 1)
         at = [[c[e - 1] for c in curves if len(c) >= e] for e in epochs]
-        (line,) = ax.plot(epochs, [statistics.mean(v) for v in at], label=f"{row} ({len(curves)} seeds)")
+        seeds = f"{len(curves)} seed" + ("s" if len(curves) > 1 else "")
+        (line,) = ax.plot(epochs, [statistics.mean(v) for v in at], label=f"{row} ({seeds})")
         ax.fill_between(epochs, [min(v) for v in at], [max(v) for v in at], color=line.get_color(), alpha=0.2)
     ax.set(xlabel="epoch", ylabel="validation NDCG@10", title=f"transfer to {target}")
     ax.grid(alpha=0.3)
