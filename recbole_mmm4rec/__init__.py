@@ -10,6 +10,10 @@ from recbole_mmm4rec import compat
 
 compat.apply()
 
+from recbole_mmm4rec.trainers import flush_denormals  # noqa: E402
+
+flush_denormals()  # before torch starts its intra-op threads, which inherit it
+
 from recbole_mmm4rec.checkpoints import load_data_and_model, read_checkpoint  # noqa: E402
 from recbole_mmm4rec.quick_start import build_config, pretrain, register, run  # noqa: E402
 
