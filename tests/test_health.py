@@ -215,3 +215,18 @@ def test_cli_bad_file_is_a_one_line_error(content, tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and lines[0].startswith("health: error:")
+
+
+def test_tensor_flags_mark_entries_that_weight_decay_drove_to_zero():
+    """The MMM4Rec encoder pre-trained for reports/transfer.yaml: most entries of its SSD projections ~1e-11
+    while a few rows stayed large (std not SHRUNK). A tensor that started at zero is not flagged for it."""
+    torch.manual_seed(0)
+    fresh = torch.randn(128, 64) * 0.02
+    trained = fresh.clone()
+    trained[:80] *= 1e-12  # 62 % of the rows decayed away, the rest intact
+    assert command.tensor_flags(trained, fresh) == ["ZEROED (62%)"]
+    assert command.tensor_flags(fresh, fresh) == []
+    started_at_zero = torch.zeros(128, 64)
+    learned = started_at_zero.clone()
+    learned[100:] = 0.05 * torch.randn(28, 64)  # a zero-initialised table where only a few rows learned
+    assert command.tensor_flags(learned, started_at_zero) == []

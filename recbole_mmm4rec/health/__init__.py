@@ -21,6 +21,7 @@ TINY = 1e-12  # ||theta0|| at or below this: the change is reported absolute, no
 DEAD_RATIO = 1e-6  # gradient norm < DEAD_RATIO x the largest component's: DEAD
 CONSTANT_TOL = 1e-6  # all entries within this of each other: CONSTANT (no data gradient reached the tensor)
 SHRUNK_STD = 1e-3  # std below this: SHRUNK
+ZEROED_ABS, ZEROED_SHARE = 1e-10, 0.5  # at least this share of the entries below this in size: ZEROED
 
 # (regex searched in the parameter name, component): the first match wins; otherwise the first dotted part.
 # Names may carry prefixes ("encoder.", a Pretrainer view's domain), so rules match dotted parts anywhere.

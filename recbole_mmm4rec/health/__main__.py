@@ -11,7 +11,8 @@ import torch
 
 from recbole_mmm4rec import checkpoints
 from recbole_mmm4rec.checkpoints import read_checkpoint
-from recbole_mmm4rec.health import CONSTANT_TOL, SHRUNK_STD, TINY, _change_norms, _ratio, component
+from recbole_mmm4rec.health import (CONSTANT_TOL, SHRUNK_STD, TINY, ZEROED_ABS, ZEROED_SHARE, _change_norms, _ratio,
+                                    component)
 
 
 class CheckpointError(Exception):
@@ -75,15 +76,24 @@ def fresh_weights(state, weights):
                    + (f" (not in the checkpoint, from the yaml: {unstored})" if unstored else ""))
 
 
+def _zeroed_share(t):
+    return float((t.abs() < ZEROED_ABS).float().mean())
+
+
 def tensor_flags(t, fresh=None):
-    """["CONSTANT (= v)"]: all entries equal within CONSTANT_TOL; ["SHRUNK"]: std < SHRUNK_STD (["SMALL"] if the
-    fresh tensor's std was below SHRUNK_STD too: it never grew); [] otherwise."""
+    """["CONSTANT (= v)"]: all entries equal within CONSTANT_TOL; ["ZEROED (p %)"]: a share p >= ZEROED_SHARE of
+    the entries below ZEROED_ABS, and the fresh tensor's were not (weight decay drove them to zero, README
+    "A transfer study from one spec file"); ["SHRUNK"]: std < SHRUNK_STD (["SMALL"] if the fresh tensor's std
+    was below SHRUNK_STD too: it never grew); [] otherwise."""
     if t.numel() < 2:
         return []
     fresh_std = float(fresh.std()) if fresh is not None else None
     if float(t.max() - t.min()) <= CONSTANT_TOL * max(1.0, float(t.abs().mean())):
         was = f"; fresh {float(fresh.mean()):.5g}" if fresh_std is not None and fresh_std <= CONSTANT_TOL else ""
         return [f"CONSTANT (= {float(t.mean()):.5g}{was})"]
+    zeroed = _zeroed_share(t)
+    if zeroed >= ZEROED_SHARE and (fresh is None or _zeroed_share(fresh) < ZEROED_SHARE):
+        return [f"ZEROED ({zeroed:.0%})"]
     if float(t.std()) >= SHRUNK_STD:
         return []
     return ["SMALL"] if fresh_std is not None and fresh_std < SHRUNK_STD else ["SHRUNK"]
@@ -156,7 +166,8 @@ def main(argv=None):
         return 0
     fresh, note = fresh_weights(state, weights)
     print(f"fresh initialisation: {note}\nflags: CONSTANT = all entries equal within {CONSTANT_TOL:g} (no data "
-          f"gradient reached it: only weight decay moved it); SHRUNK = std < {SHRUNK_STD:g}; SMALL = std < "
+          f"gradient reached it: only weight decay moved it); ZEROED (p) = a share p >= {ZEROED_SHARE:.0%} of the "
+          f"entries below {ZEROED_ABS:g} (decayed to zero); SHRUNK = std < {SHRUNK_STD:g}; SMALL = std < "
           f"{SHRUNK_STD:g} and it started below that too\n")
     print("\n".join(report(weights, fresh)))
     return 0
