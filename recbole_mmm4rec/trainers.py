@@ -19,11 +19,12 @@ from recbole_mmm4rec.layers.config import require_positive_int
 
 def flush_denormals():
     """Compute subnormal floats (|x| < 1.2e-38 in float32) as zero on the CPU, where arithmetic on them is
-    many times slower (an FFN's forward and backward 5.7x, benchmarks/subnormal_weights.py). Coupled L2 weight decay under NAdam drives a weight whose data gradient is weaker than
-    ``weight_decay * w`` geometrically to zero, into that range (README "Pre-training and transfer"): a
-    pre-training epoch on CPU went from 509 s to 1,394 s as they accumulated. The setting is per thread and
-    torch's intra-op threads inherit it when they start (at the first parallel op), so importing
-    recbole_mmm4rec calls this; threads started before keep theirs. No effect on CUDA."""
+    many times slower (an FFN's forward and backward 5.7x: benchmarks/subnormal_weights.py). Coupled L2
+    weight decay under NAdam drives a weight whose data gradient is weaker than ``weight_decay * w``
+    geometrically to zero, into that range (README "A transfer study from one spec file"): a pre-training
+    epoch on CPU went from 509 s to 1,394 s as they accumulated. The setting is per thread and torch's
+    intra-op threads inherit it when they start (at the first parallel op), so importing recbole_mmm4rec
+    calls this; threads started before keep theirs. No effect on CUDA."""
     torch.set_flush_denormal(True)
 
 
