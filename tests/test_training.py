@@ -130,7 +130,6 @@ def test_accumulation_steps_must_be_a_positive_integer(scientific, tiny_dict):
         NAdamTrainer(config, MMM4Rec(config, scientific[1]))
 
 
-
 @pytest.mark.parametrize("package", ["recbole_mmm4rec", None])
 def test_importing_the_package_computes_subnormal_floats_as_zero_on_every_thread(package):
     """Weights that coupled L2 decay drove to ~1e-40 made a CPU pre-training epoch 2.7x slower."""
